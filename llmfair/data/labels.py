@@ -72,3 +72,16 @@ def normalise_gender(value: object, *, where: str = "") -> str:
         return "unknown"
     at = f" in {where}" if where else ""
     raise DataError(f"unknown gender value {value!r}{at}; expected female/male/unknown (or F/M/U)")
+
+
+def binarize(dist, num_classes: int | None = None):
+    """Multi-label binarisation: class c is on when its share is strictly above 1/K.
+
+    Applies to soft labels and to softmax predictions alike (EMO-SUPERB ``expert.py``; IDI §4.3;
+    METHODS.md §1.2). ``dist`` is (..., K); returns a boolean array of the same shape.
+    """
+    import numpy as np
+
+    dist = np.asarray(dist, dtype=np.float64)
+    k = dist.shape[-1] if num_classes is None else num_classes
+    return dist > 1.0 / k

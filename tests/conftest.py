@@ -1,0 +1,32 @@
+"""Shared fixtures: the real data under ../shared and quiet, reproducible torch."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: the EMO-SUPERB CREMA-D label files and one real clip."""
+    path = SHARED / "data"
+    assert path.is_dir(), f"tests need the shared data beside the project: {path} is missing"
+    return path
+
+
+@pytest.fixture(scope="session")
+def crema_d_labels(shared_data: Path) -> Path:
+    return shared_data / "crema-d"
+
+
+@pytest.fixture(scope="session")
+def real_clip(shared_data: Path) -> Path:
+    return shared_data / "samples" / "1001_DFA_ANG_XX.wav"
