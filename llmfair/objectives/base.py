@@ -1,0 +1,185 @@
+"""The objective contract, groups and the registry.
+
+An objective receives a batch's per-sample losses (plus logits, labels, pooled features and group
+ids), keeps its own state (running estimates, dual variables, auxiliary heads) and returns the
+scalar loss to back-propagate and named figures to log. The same objective runs on the speech LLM
+and on the frozen-feature head.
+
+Data-parallel contract: ``loss`` is scaled so that, after DDP *averages* gradients over ``W``
+ranks, the gradient equals that of the objective on the concatenated global batch. Statistics that
+span samples (counts, per-cell means, the max-gap cell) are all-reduced across ranks before use.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmfair.errors import ConfigError
+
+
+# ------------------------------------------------------------------------------------- groups
+@dataclass(frozen=True)
+class GroupSpec:
+    """Maps integer group ids to attributes, e.g. id 3 → {language: deu, modality: audio, gender: male}.
+
+    Objectives read only the attributes they need: gender-only methods look at ``gender``,
+    MinMaxGAP at (language, modality) cells and ``gender``.
+    """
+
+    keys: tuple[str, ...]
+    groups: tuple[tuple[str, ...], ...]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    def column(self, key: str) -> np.ndarray:
+        if key not in self.keys:
+            raise ConfigError(f"group attribute {key!r} is not in this GroupSpec (it has {list(self.keys)})")
+        i = self.keys.index(key)
+        return np.array([g[i] for g in self.groups], dtype=object)
+
+    def describe(self, group_id: int) -> str:
+        return "/".join(self.groups[group_id])
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple["GroupSpec", np.ndarray]:
+        """Group every record by ``keys``; returns the spec and an int64 group id per record.
+
+        Ids follow the sorted order of the attribute tuples, so they do not depend on record order.
+        """
+        keys = tuple(keys)
+        if not records:
+            raise ConfigError("cannot build groups from an empty dataset")
+        missing = [k for k in keys if k not in records[0]]
+        if missing:
+            raise ConfigError(f"group keys {missing} are not fields of the examples (have {sorted(records[0])})")
+        tuples = [tuple(str(r[k]) for k in keys) for r in records]
+        groups = tuple(sorted(set(tuples)))
+        index = {g: i for i, g in enumerate(groups)}
+        return cls(keys, groups), np.fromiter((index[t] for t in tuples), dtype=np.int64, count=len(tuples))
+
+
+# ------------------------------------------------------------------------------------- data-parallel
+class CrossRankReducer:
+    """Sums detached statistics over data-parallel ranks (identity in a single process)."""
+
+    def __init__(self) -> None:
+        self._dist = torch.distributed if torch.distributed.is_available() else None
+
+    @property
+    def world_size(self) -> int:
+        if self._dist is not None and self._dist.is_initialized():
+            return self._dist.get_world_size()
+        return 1
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A detached copy of ``tensor`` summed over ranks."""
+        out = tensor.detach().clone()
+        if self.world_size > 1:
+            self._dist.all_reduce(out, op=self._dist.ReduceOp.SUM)
+        return out
+
+
+# ------------------------------------------------------------------------------------- contract
+@dataclass
+class ObjectiveInputs:
+    """What a backbone hands to an objective for one (micro-)batch.
+
+    Attributes:
+        per_sample_loss: (B,) unreduced base loss (cross-entropy, class-balanced soft CE, ...).
+        group_ids: (B,) int64 ids into the objective's GroupSpec.
+        logits: (B, K) class logits, when the method needs them.
+        labels: (B,) class indices or (B, K) soft labels.
+        features: (B, D) pooled representation (adversaries, disentanglement).
+        sample_index: (B,) dataset indices (per-sample running statistics, e.g. LfF).
+    """
+
+    per_sample_loss: torch.Tensor
+    group_ids: torch.Tensor
+    logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    sample_index: torch.Tensor | None = None
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectiveOptions:
+    """Options shared by every objective (subclasses add their own)."""
+
+
+class Objective(nn.Module):
+    """Base class. Subclasses set ``name`` via :func:`register_objective` and implement ``forward``."""
+
+    name: ClassVar[str] = ""
+    options_class: ClassVar[type] = ObjectiveOptions
+    reconstructed: ClassVar[bool] = False
+    """True where the source paper does not define the method and llmfair reconstructs it."""
+
+    def __init__(self, group_spec: GroupSpec, options: Any = None, reducer: CrossRankReducer | None = None) -> None:
+        super().__init__()
+        self.group_spec = group_spec
+        self.options = options if options is not None else self.options_class()
+        self.reducer = reducer or CrossRankReducer()
+
+    def forward(self, inputs: ObjectiveInputs) -> ObjectiveOutput:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} must implement forward")
+
+    def global_mean(self, per_sample_loss: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The ERM term scaled for DDP averaging, and the global mean's value.
+
+        ``W · Σ_local ℓ_i / N_global``: after DDP divides the summed gradients by W, the gradient
+        is that of the mean over the global batch. The value (a float) is the same on every rank.
+        """
+        local = torch.stack([per_sample_loss.detach().sum(), per_sample_loss.new_tensor(float(per_sample_loss.numel()))])
+        total, n_global = self.reducer.sum(local).tolist()
+        n_global = max(n_global, 1.0)
+        return per_sample_loss.sum() * (self.reducer.world_size / n_global), total / n_global
+
+
+# ------------------------------------------------------------------------------------- registry
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
+    """Class decorator: register an objective under ``name`` (duplicates rejected)."""
+
+    def wrap(cls: type[Objective]) -> type[Objective]:
+        if name in OBJECTIVES:
+            raise ConfigError(f"objective {name!r} is registered twice ({OBJECTIVES[name].__name__}, {cls.__name__})")
+        cls.name = name
+        OBJECTIVES[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_objective(
+    name: str,
+    group_spec: GroupSpec,
+    options: Mapping[str, Any] | Any | None = None,
+    *,
+    source: str = "objective options",
+) -> Objective:
+    """Instantiate a registered objective; unknown names and unknown option keys are named."""
+    from llmfair.options import dataclass_from_mapping
+
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")
+    cls = OBJECTIVES[name]
+    if options is None or isinstance(options, Mapping):
+        options = dataclass_from_mapping(cls.options_class, dict(options or {}), source=source)
+    elif not dataclasses.is_dataclass(options):
+        raise ConfigError(f"{source}: options for {name!r} must be a mapping or {cls.options_class.__name__}")
+    return cls(group_spec, options)
