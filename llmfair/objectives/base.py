@@ -123,6 +123,9 @@ class Objective(nn.Module):
     """Base class. Subclasses set ``name`` via :func:`register_objective` and implement ``forward``."""
 
     name: ClassVar[str] = ""
+    depends_only_on_per_sample_loss: ClassVar[bool] = False
+    """True when the loss is a function of the per-sample losses and group ids alone (exact
+    gradient accumulation applies)."""
     options_class: ClassVar[type] = ObjectiveOptions
     reconstructed: ClassVar[bool] = False
     """True where the source paper does not define the method and llmfair reconstructs it."""

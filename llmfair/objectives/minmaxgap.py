@@ -65,6 +65,8 @@ class MinMaxGapOptions:
 class MinMaxGap(Objective):
     """ERM + λ_t · max over (language × modality) cells of |L̄_male − L̄_female| (reconstruction)."""
 
+    depends_only_on_per_sample_loss = True
+
     options_class = MinMaxGapOptions
     reconstructed = True
 

@@ -1,0 +1,169 @@
+"""FairTrainer: a ``transformers.Trainer`` whose ``compute_loss`` asks an llmfair objective.
+
+The model is any ``nn.Module`` whose ``forward(**batch)`` returns a mapping with
+``per_sample_loss`` (B,), ``logits`` (B, K) and optionally ``features`` (B, D) — the speech-LLM
+classifier and the frozen-feature head both do. Going through ``forward`` keeps DDP's gradient
+hooks and DeepSpeed's engine in charge. The batch carries ``group_ids`` (and optionally
+``sample_index`` and ``example_ids``), which the trainer removes before the forward.
+
+Loss scaling is owned here (``loss_is_scaled_for_ga = True``): objectives return losses already
+scaled for data-parallel averaging, and with gradient accumulation the trainer makes the step
+exact for objectives that depend on the batch only through per-sample losses (ERM, MinMaxGAP):
+before the accumulated step it runs a no-grad pass over all its micro-batches, evaluates the
+objective once on the whole step (statistics all-reduced across ranks), takes the per-sample
+weights w_i = ∂L/∂ℓ_i, and back-propagates Σ_i w_i ℓ_i per micro-batch — the gradient of the
+objective on the concatenated batch, at the cost of one extra forward per micro-batch. The
+pre-pass runs the model in eval mode; with dropout the weights come from dropout-free losses.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from llmfair.errors import LlmfairError
+from llmfair.objectives import Objective, ObjectiveInputs
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE_STATE_FILE = "objective_state.safetensors"
+META_KEYS = ("group_ids", "sample_index", "example_ids")
+
+
+class TrainingDivergedError(LlmfairError):
+    """The loss became NaN or infinite; names the step and the examples of the batch."""
+
+
+@dataclass
+class FairTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus what fairness training adds."""
+
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "keep every batch column: group ids and labels are not forward() arguments"})
+    exact_accumulation: bool = field(
+        default=True,
+        metadata={"help": "with gradient accumulation, compute the objective on the whole accumulated batch "
+                          "(one extra no-grad forward per micro-batch) so the step equals one big batch"},
+    )
+
+
+class FairTrainer(Trainer):
+    """Trainer whose loss comes from ``objective`` (see the module docstring)."""
+
+    def __init__(self, *args: Any, objective: Objective, train_sampler: torch.utils.data.Sampler | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective.to(self.args.device)
+        self.loss_is_scaled_for_ga = True
+        self._train_sampler_override = train_sampler
+        self._figures: dict[str, list[float]] = defaultdict(list)
+        self._pending_weights: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ data
+    def _get_train_sampler(self, train_dataset=None):
+        if self._train_sampler_override is not None:
+            return self._train_sampler_override
+        return super()._get_train_sampler(train_dataset)
+
+    # ------------------------------------------------------------------ loss
+    @staticmethod
+    def _split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        meta = {k: inputs[k] for k in META_KEYS if k in inputs}
+        return {k: v for k, v in inputs.items() if k not in META_KEYS}, meta
+
+    def _check_finite(self, per_sample_loss: torch.Tensor, meta: dict[str, Any]) -> None:
+        bad = ~torch.isfinite(per_sample_loss.detach())
+        if bool(bad.any()):
+            ids = meta.get("example_ids")
+            where = [ids[i] for i in torch.nonzero(bad).flatten().tolist()] if ids is not None else torch.nonzero(bad).flatten().tolist()
+            raise TrainingDivergedError(
+                f"non-finite loss at step {self.state.global_step} for examples {where[:8]}; training stopped, "
+                f"the last checkpoint in {self.args.output_dir} is intact (lower the learning rate or use fp32/bf16)")
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        batch, meta = self._split(inputs)
+        outputs = model(**batch)
+        per_sample_loss = outputs["per_sample_loss"]
+        self._check_finite(per_sample_loss, meta)
+        if model.training and self._pending_weights:
+            weights = self._pending_weights.pop(0).to(per_sample_loss.device, per_sample_loss.dtype)
+            loss = (weights * per_sample_loss).sum()
+        else:
+            self.objective.train(model.training)
+            result = self.objective(ObjectiveInputs(
+                per_sample_loss=per_sample_loss, group_ids=meta["group_ids"], logits=outputs.get("logits"),
+                labels=batch.get("labels"), features=outputs.get("features"), sample_index=meta.get("sample_index"),
+            ))
+            loss = result.loss
+            if model.training:
+                self._record(result.figures)
+        return (loss, outputs) if return_outputs else loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        exact = (self.args.exact_accumulation and len(batch_samples) > 1
+                 and getattr(self.objective, "depends_only_on_per_sample_loss", False))
+        self._pending_weights = self._step_weights(batch_samples) if exact else []
+        return batch_samples, num_items
+
+    def _step_weights(self, batch_samples: list[dict[str, Any]]) -> list[torch.Tensor]:
+        """∂L/∂ℓ_i of the objective on the whole accumulated step, split per micro-batch."""
+        model = self.model_wrapped
+        was_training = model.training
+        model.eval()
+        losses, groups = [], []
+        with torch.no_grad():
+            for sample in batch_samples:
+                batch, meta = self._split(self._prepare_inputs(sample))
+                per_sample = model(**batch)["per_sample_loss"].detach()
+                self._check_finite(per_sample, meta)
+                losses.append(per_sample)
+                groups.append(meta["group_ids"])
+        model.train(was_training)
+        leaf = torch.cat(losses).requires_grad_(True)
+        self.objective.train(True)
+        result = self.objective(ObjectiveInputs(per_sample_loss=leaf, group_ids=torch.cat(groups)))
+        (weights,) = torch.autograd.grad(result.loss, leaf)
+        self._record(result.figures)
+        return list(torch.split(weights.detach(), [len(x) for x in losses]))
+
+    # ------------------------------------------------------------------ logging
+    def _record(self, figures: dict[str, float]) -> None:
+        for name, value in figures.items():
+            if math.isfinite(value):
+                self._figures[name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._figures and "loss" in logs:
+            for name, values in self._figures.items():
+                logs[f"fair/{name}"] = sum(values) / len(values)
+            self._figures.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            from safetensors.torch import save_file
+
+            from llmfair._atomic import atomic_path
+
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            state = {k: v.detach().cpu().contiguous() for k, v in self.objective.state_dict().items()}
+            with atomic_path(os.path.join(folder, OBJECTIVE_STATE_FILE)) as tmp:
+                save_file(state, str(tmp))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_FILE)
+        if os.path.isfile(path):
+            from safetensors.torch import load_file
+
+            self.objective.load_state_dict(load_file(path, device=str(self.args.device)))
+            logger.info("objective state restored from %s", path)

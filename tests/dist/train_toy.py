@@ -1,0 +1,16 @@
+"""Run by `accelerate launch --multi_gpu --num_processes 2 ...` from tests/test_trainer.py."""
+import json
+import sys
+
+import torch
+
+from tests._toy import make_trainer
+
+out_dir, batch = sys.argv[1], int(sys.argv[2])
+trainer = make_trainer(out_dir, batch=batch, steps=2, options={"weight": "ratio", "lambda_init": 1.0})
+assert trainer.args.world_size == 2, f"expected 2 processes, got world_size={trainer.args.world_size}"
+assert torch.distributed.get_world_size() == 2
+trainer.train()
+if trainer.args.process_index == 0:
+    weights = {k: v.tolist() for k, v in trainer.model.state_dict().items()}
+    json.dump({"world_size": trainer.args.world_size, "weights": weights}, open(f"{out_dir}/weights.json", "w"))
