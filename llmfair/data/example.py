@@ -41,7 +41,7 @@ class Example:
         emotion_dist: soft label over the label space for multi-label corpora, else ``None``.
         gender: speaker gender, ``female``, ``male`` or ``unknown``.
         speaker: speaker identifier (a character name in MELD-ST).
-        split: ``train``, ``valid`` or ``test`` (CREMA-D's Development maps to ``valid``).
+        split: ``train``, ``dev`` or ``test`` (MELD-ST's ``valid`` and CREMA-D's Development are ``dev``).
         utterance_id: the id shared by every language/modality rendering of one source utterance.
         annotations: per-rater labels, when the corpus has them.
         meta: corpus-specific extras (season, episode, times, fold...), never read by models.

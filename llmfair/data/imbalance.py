@@ -41,10 +41,15 @@ IDI_MAJORITY_GENDER: dict[str, str] = {
 }
 
 
+def _check_ratio(ratio: float) -> None:
+    # written as `not >=` so that NaN is refused too (NaN < 1 is False)
+    if not ratio >= 1:
+        raise DataError(f"imbalance ratio must be >= 1 (meaning 1:r), got {ratio}")
+
+
 def minority_keep_count(n_majority: int, n_minority: int, ratio: float) -> int:
     """⌊n_majority / ratio⌋ capped at the minority rows available."""
-    if ratio < 1:
-        raise DataError(f"imbalance ratio must be >= 1 (meaning 1:r), got {ratio}")
+    _check_ratio(ratio)
     return int(min(n_minority, np.floor(n_majority / ratio + 1e-9)))
 
 
@@ -112,7 +117,9 @@ class ImbalancedSplits:
     """The subset and the counts table ``{split: {emotion: {"female": n, "male": n}}}``.
 
     Counts cover single-label rows; ``no_majority`` counts, per split, the rows kept without a
-    single label (only in untouched splits) and ``dropped_unknown`` the unknown-gender rows dropped.
+    single label (only in untouched splits), ``dropped_unknown`` the single-label rows of unknown
+    gender dropped and ``dropped_no_majority`` the rows without a single label dropped, per
+    imbalanced split.
     """
 
     examples: list[Example]
@@ -122,6 +129,7 @@ class ImbalancedSplits:
     majority_gender: dict[str, str]
     no_majority: dict[str, int] = field(default_factory=dict)
     dropped_unknown: dict[str, int] = field(default_factory=dict)
+    dropped_no_majority: dict[str, int] = field(default_factory=dict)
 
 
 def counts_table(examples: Sequence[Example], label_space: LabelSpace) -> dict[str, dict[str, dict[str, int]]]:
@@ -144,10 +152,12 @@ def build_imbalanced_splits(
     imbalanced_splits: Sequence[str] = ("train", "dev"),
 ) -> ImbalancedSplits:
     """Apply the protocol above to ``examples`` (all splits); other splits pass through untouched."""
+    _check_ratio(ratio)
     major = majority_gender_for(label_space, majority_gender, examples)
     out: list[Example] = []
     no_majority: dict[str, int] = {}
     dropped_unknown: dict[str, int] = {}
+    dropped_no_majority: dict[str, int] = {}
     for split in dict.fromkeys(e.split for e in examples):
         rows = [e for e in examples if e.split == split]
         if split not in imbalanced_splits:
@@ -157,6 +167,7 @@ def build_imbalanced_splits(
         emotions = np.array([e.emotion for e in rows], dtype=np.int64)
         genders = np.array([e.gender for e in rows])
         dropped_unknown[split] = int(np.sum((genders == "unknown") & (emotions >= 0)))
+        dropped_no_majority[split] = int(np.sum(emotions < 0))
         # one seed stream per split name, so adding a split never changes another split's draw
         stream = np.random.SeedSequence([seed, zlib.crc32(split.encode())])
         keep = subsample_indices(emotions, genders, ratio, major, seed=stream)
@@ -169,4 +180,5 @@ def build_imbalanced_splits(
         majority_gender={label_space.classes[i]: g for i, g in major.items()},
         no_majority=no_majority,
         dropped_unknown=dropped_unknown,
+        dropped_no_majority=dropped_no_majority,
     )
