@@ -37,7 +37,7 @@ def test_stats_json_on_meld_layout(tmp_path: Path, capsys) -> None:
     assert stats["n_examples"] == 30 and stats["label_space"] == "meld"
     assert stats["counts"]["train"]["deu"]["audio_text"]["female"]["joy"] == 1
     assert stats["unknown_gender"]["n"] == 4  # "Stranger": eng + deu, two modalities
-    assert stats["unknown_gender"]["by_split_language"]["dev"]["deu"] == {"n": 1, "fraction": 1.0}
+    assert stats["unknown_gender"]["by_split_language"]["dev"]["deu"] == {"n": 2, "fraction": 1.0}  # both modalities
 
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path) -> None:

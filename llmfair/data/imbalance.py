@@ -133,8 +133,10 @@ class ImbalancedSplits:
 
 
 def counts_table(examples: Sequence[Example], label_space: LabelSpace) -> dict[str, dict[str, dict[str, int]]]:
-    """{split: {emotion: {"female": n, "male": n}}} over single-label rows, splits in first-seen order."""
-    splits = list(dict.fromkeys(e.split for e in examples))
+    """{split: {emotion: {"female": n, "male": n}}} over single-label rows; splits ordered train,
+    dev, test, then any others in first-seen order."""
+    seen = list(dict.fromkeys(e.split for e in examples))
+    splits = [s for s in ("train", "dev", "test") if s in seen] + [s for s in seen if s not in ("train", "dev", "test")]
     table = {s: {c: {"female": 0, "male": 0} for c in label_space.classes} for s in splits}
     for e in examples:
         if e.emotion >= 0 and e.gender in ("female", "male"):

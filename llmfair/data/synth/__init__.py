@@ -1,0 +1,44 @@
+"""The built-in offline corpus: multilingual, gendered, emotional speech synthesised with eSpeak NG
+and written in MELD-ST's layout (read it with :func:`llmfair.data.meld_st.read_meld_st`)."""
+from llmfair.data.synth.corpus import (
+    FORMAT_VERSION,
+    GENERATOR,
+    MAX_CLIP_SECONDS,
+    MELD_LIKE_PRIORS,
+    PROSODY,
+    SENTIMENT,
+    VOICE_VARIANTS,
+    CorpusPlan,
+    Prosody,
+    SourceUtterance,
+    Speaker,
+    SynthConfig,
+    generate_corpus,
+    make_speakers,
+    parse_emotion_priors,
+    plan_corpus,
+    read_manifest,
+    simulate_ratings,
+)
+from llmfair.data.synth.espeak import (
+    ESPEAK_SAMPLE_RATE,
+    EspeakUnavailableError,
+    espeak_available,
+    espeak_paths,
+    synthesize,
+)
+from llmfair.data.synth.sentences import (
+    EMOTION_SENTENCES,
+    NEUTRAL_CONTENT_SENTENCES,
+    SentenceTriple,
+    sentence_split,
+    sentences_for,
+)
+
+__all__ = [
+    "CorpusPlan", "EMOTION_SENTENCES", "ESPEAK_SAMPLE_RATE", "EspeakUnavailableError", "FORMAT_VERSION",
+    "GENERATOR", "MAX_CLIP_SECONDS", "MELD_LIKE_PRIORS", "NEUTRAL_CONTENT_SENTENCES", "PROSODY", "Prosody",
+    "SENTIMENT", "SentenceTriple", "SourceUtterance", "Speaker", "SynthConfig", "VOICE_VARIANTS",
+    "espeak_available", "espeak_paths", "generate_corpus", "make_speakers", "parse_emotion_priors",
+    "plan_corpus", "read_manifest", "sentence_split", "sentences_for", "simulate_ratings", "synthesize",
+]

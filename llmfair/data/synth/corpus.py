@@ -1,0 +1,832 @@
+"""The built-in corpus: multilingual, gendered, emotional speech written in MELD-ST's layout.
+
+No real emotional speech can be downloaded where llmfair runs its demos and tests, so this module
+synthesises a small corpus offline with eSpeak NG and writes it exactly as the MELD-ST reader
+(:func:`llmfair.data.meld_st.read_meld_st`) expects it::
+
+    OUT/corpus.json          generator, format_version, seed, config, counts, sha256 of every file
+    OUT/speaker_gender.csv   speaker,gender (every synthetic speaker)
+    OUT/ratings.csv          pair,id,rater,rater_gender,emotion (every rater annotation)
+    OUT/ENG_DEU/deu_{train,valid,test}.csv   OUT/ENG_JPN/jpn_{train,valid,test}.csv
+    OUT/<pair>/<LANGUAGE>/<split>/<split>_<id>.wav   (split train/dev/test; 16 kHz mono PCM_16)
+
+How the corpus is built (every random choice comes from its own seeded stream, so changing the
+rater knobs never changes the audio, and a train-imbalanced corpus is a subset of the balanced
+one with the same seed, ids and audio bytes):
+
+1. **Speakers** (:func:`make_speakers`): synthetic characters with a unique name, a gender, an
+   eSpeak voice variant (``+f1..+f5`` female, ``+m1..+m7`` male) and personal pitch and rate
+   offsets. A character speaks all three languages with the same variant and offsets, like a
+   dubbed role. Train, dev and test speakers are disjoint and so are their voice variants (female:
+   f1–f3 train, f4 dev, f5 test with the default counts); speakers sharing a variant are kept apart
+   by pitch offsets spaced 6 eSpeak units (about 6 % of F0) apart.
+2. **Source utterances** (:func:`plan_corpus`): ``shared_fraction`` of each pair's
+   ``utterances_per_pair`` rows are English utterances that appear in *both* pairs (as in the
+   real corpus); the rest belong to one pair. Each group is split train/dev/test, emotions are
+   allocated per split by the priors (largest remainder), genders alternate within each emotion
+   (balanced), speakers are used round-robin, and the sentence is drawn from the emotion's pool
+   or, with probability ``neutral_text_fraction``, from the neutral-content pool — in both cases
+   only from the sentences of the utterance's split (:mod:`llmfair.data.synth.sentences`).
+3. **Prosody** (:data:`PROSODY`): each emotion has a profile of rate, pitch, pitch range, volume
+   and word gap, scaled towards neutral by ``prosody_strength`` and jittered per utterance by
+   ``prosody_jitter``. Pitch is an offset on the speaker's own voice, so the gender difference in
+   F0 stays — which is why a model trained on one gender transfers badly to the other
+   (``ENVIRONMENT.md``: 0.96 on men vs 0.45 on women when trained on men only).
+4. **Train imbalance** (optional): per pair, the planned train rows are subsampled to a 1:r
+   gender ratio inside every emotion with :func:`llmfair.data.imbalance.subsample_indices` and the
+   IDI majority genders (anger, disgust, neutral → male; fear, joy, sadness, surprise → female).
+   The ratio is exact in each pair's CSV (hence for German and Japanese); English, which the
+   reader de-duplicates over both pairs, follows it approximately. Dev and test are untouched.
+5. **Ratings** (:func:`simulate_ratings`): each source utterance is rated by
+   ``raters_per_utterance`` raters from a pool of ``raters_per_gender`` women and men.
+6. **Synthesis**: only what is kept is synthesised, once per (utterance, language) — a shared
+   English utterance has the same bytes in both pairs — at 22,050 Hz, resampled to 16 kHz with
+   :func:`llmfair.data.audio.resample`. English times in the CSVs place each utterance in its
+   own 10-second slot of a (season, episode), with the clip's real duration; a dubbed line starts
+   where its English source starts.
+
+Everything is written into a temporary sibling directory and moved into place when complete.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from llmfair._atomic import atomic_directory
+from llmfair.data.audio import TARGET_SAMPLE_RATE, resample
+from llmfair.data.imbalance import IDI_MAJORITY_GENDER, subsample_indices
+from llmfair.data.labels import MELD
+from llmfair.data.meld_st import PAIRS, SPLITS, csv_columns
+from llmfair.data.synth import espeak as _espeak
+from llmfair.data.synth.sentences import (
+    EMOTION_SENTENCES,
+    NEUTRAL_CONTENT_SENTENCES,
+    SentenceTriple,
+    sentences_for,
+)
+from llmfair.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+GENERATOR = "llmfair.synth"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "corpus.json"
+SPEAKER_GENDER_FILE = "speaker_gender.csv"
+RATINGS_FILE = "ratings.csv"
+MAX_CLIP_SECONDS = 8.0
+"""Clips longer than this are re-synthesised faster (rate scaled up) until they fit."""
+
+ESPEAK_VOICES: dict[str, str] = {"eng": "en", "deu": "de", "jpn": "ja"}
+"""llmfair language code → eSpeak NG voice."""
+VOICE_VARIANTS: dict[str, tuple[str, ...]] = {
+    "female": ("f1", "f2", "f3", "f4", "f5"),  # median F0 172–206 Hz (measured, English)
+    "male": ("m1", "m2", "m3", "m4", "m5", "m6", "m7"),  # 81–105 Hz
+}
+SENTIMENT: dict[str, str] = {
+    "neutral": "neutral", "joy": "positive", "surprise": "positive",
+    "sadness": "negative", "anger": "negative", "fear": "negative", "disgust": "negative",
+}
+"""MELD's sentiment of each emotion."""
+
+MELD_LIKE_PRIORS: dict[str, float] = {
+    "neutral": 0.30, "joy": 0.16, "surprise": 0.12, "anger": 0.12, "sadness": 0.10, "fear": 0.10, "disgust": 0.10,
+}
+"""``emotion_priors="meld"``: MELD's skew (neutral-heavy) made milder so every class has data."""
+
+SPLIT_ORDER: tuple[str, ...] = ("train", "dev", "test")
+MAX_SPEAKERS_PER_SPLIT_GENDER = 12
+
+_FIRST_NAMES: dict[str, tuple[str, ...]] = {
+    "female": ("Anna", "Greta", "Hana", "Clara", "Emma", "Lena", "Mia", "Sofia", "Laura", "Marie", "Yuki",
+               "Keiko", "Nina", "Eva", "Ida", "Rosa", "Aiko", "Frieda", "Naomi", "Ellen"),
+    "male": ("Lukas", "Jonas", "Felix", "Kenji", "Hiro", "Tobias", "Daniel", "Max", "Simon", "Moritz", "Takeshi",
+             "Oliver", "Jan", "Emil", "Theo", "Akira", "Noah", "Henrik", "Ken", "Leon"),
+}
+_LAST_NAMES: tuple[str, ...] = (
+    "Weber", "Fischer", "Tanaka", "Sato", "Becker", "Wagner", "Suzuki", "Hoffmann", "Schulz", "Ito",
+    "Klein", "Wolf", "Kato", "Neumann", "Braun", "Yamada", "Koch", "Richter", "Mori", "Lange",
+)
+
+# RNG streams: one per kind of decision, so the knobs of one stage never perturb another
+_STREAM_SPEAKERS, _STREAM_PLAN, _STREAM_IMBALANCE, _STREAM_RATINGS, _STREAM_ESPEAK = 1, 2, 3, 4, 5
+
+
+# ------------------------------------------------------------------------------------ prosody
+@dataclass(frozen=True)
+class Prosody:
+    """eSpeak NG settings: rate (words/min), pitch offset (eSpeak pitch units added to 50 and the
+    speaker's offset), pitch range (0–100), volume (0–200) and word gap (units of 10 ms)."""
+
+    rate: float
+    pitch: float
+    range_: float
+    volume: float
+    word_gap: float
+
+
+PROSODY: dict[str, Prosody] = {
+    # mid everything
+    "neutral": Prosody(rate=165, pitch=0, range_=40, volume=100, word_gap=0),
+    # high, wide, fairly fast, fairly loud
+    "joy": Prosody(rate=200, pitch=14, range_=80, volume=125, word_gap=0),
+    # slow, low, flat, quiet, with pauses between words
+    "sadness": Prosody(rate=115, pitch=-14, range_=10, volume=60, word_gap=3),
+    # loud, fast, wide range
+    "anger": Prosody(rate=225, pitch=4, range_=95, volume=185, word_gap=0),
+    # very high, very wide
+    "surprise": Prosody(rate=185, pitch=28, range_=100, volume=135, word_gap=0),
+    # fast, high, narrow
+    "fear": Prosody(rate=245, pitch=20, range_=18, volume=85, word_gap=0),
+    # slow, low, moderately loud, short pauses
+    "disgust": Prosody(rate=125, pitch=-10, range_=60, volume=145, word_gap=2),
+}
+"""Emotion → prosody profile (emotion carried by prosody; see ``ENVIRONMENT.md`` for what each
+eSpeak parameter does to the audio)."""
+
+_JITTER = Prosody(rate=0.06, pitch=3.0, range_=6.0, volume=0.08, word_gap=1.0)
+"""Per-utterance jitter at ``prosody_jitter=1``: rate and volume ×U(1±x); pitch, range and word gap
++U(±x) (word gap only where the profile has one)."""
+
+
+# ------------------------------------------------------------------------------------ config
+def parse_emotion_priors(spec: str) -> dict[str, float]:
+    """Parse ``emotion_priors``: ``"uniform"``, ``"meld"`` or ``"neutral=0.3,joy=0.2,..."``.
+
+    Returns normalised probabilities for MELD's 7 emotions in MELD order (emotions not named in an
+    explicit list get 0).
+
+    Raises:
+        ConfigError: naming ``emotion_priors`` and the bad part (unknown or repeated emotion,
+            non-numeric or negative weight, all weights zero).
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"emotion_priors must be a string, got {spec!r}")
+    key = spec.strip().lower()
+    if key == "uniform":
+        weights = {c: 1.0 for c in MELD.classes}
+    elif key == "meld":
+        weights = dict(MELD_LIKE_PRIORS)
+    else:
+        weights = {c: 0.0 for c in MELD.classes}
+        seen: set[str] = set()
+        for part in key.split(","):
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise ConfigError(
+                    f"emotion_priors: cannot parse {part.strip()!r} in {spec!r}; use 'uniform', 'meld' or "
+                    "'neutral=0.3,joy=0.2,...'"
+                )
+            if name not in weights:
+                raise ConfigError(f"emotion_priors: unknown emotion {name!r}; MELD emotions are {list(MELD.classes)}")
+            if name in seen:
+                raise ConfigError(f"emotion_priors: emotion {name!r} is given twice in {spec!r}")
+            seen.add(name)
+            try:
+                weight = float(value)
+            except ValueError:
+                raise ConfigError(f"emotion_priors: weight {value.strip()!r} of {name!r} is not a number") from None
+            if not math.isfinite(weight) or weight < 0:
+                raise ConfigError(f"emotion_priors: weight of {name!r} must be a finite number >= 0, got {weight}")
+            weights[name] = weight
+    total = sum(weights.values())
+    if total <= 0:
+        raise ConfigError(f"emotion_priors: all weights are zero in {spec!r}")
+    return {c: weights[c] / total for c in MELD.classes}
+
+
+@dataclass
+class SynthConfig:
+    """Every knob of the built-in corpus. The command line (``llmfair data synth --help``) and YAML
+    configs are built from these fields; :meth:`validate` runs on construction."""
+
+    seed: int = field(default=0, metadata={"help": "seed of every random choice; same seed and config → same bytes"})
+    utterances_per_pair: int = field(
+        default=240, metadata={"help": "rows per language pair (ENG_DEU, ENG_JPN) before train imbalance"})
+    shared_fraction: float = field(
+        default=0.7, metadata={"help": "fraction of each pair's English utterances that appear in both pairs"})
+    dev_fraction: float = field(default=0.15, metadata={"help": "fraction of rows in the dev split (CSV 'valid')"})
+    test_fraction: float = field(default=0.15, metadata={"help": "fraction of rows in the test split"})
+    train_speakers_per_gender: int = field(default=4, metadata={"help": "train speakers of each gender"})
+    dev_speakers_per_gender: int = field(default=2, metadata={"help": "dev speakers of each gender (disjoint)"})
+    test_speakers_per_gender: int = field(default=2, metadata={"help": "test speakers of each gender (disjoint)"})
+    emotion_priors: str = field(
+        default="meld", metadata={"help": "uniform, meld (milder MELD skew) or 'neutral=0.3,joy=0.2,...'"})
+    neutral_text_fraction: float = field(
+        default=0.5, metadata={"help": "probability that an utterance's words are emotionally neutral content"})
+    prosody_strength: float = field(
+        default=1.0, metadata={"help": "scales each emotion's prosody away from neutral (0 = no emotion in audio)"})
+    prosody_jitter: float = field(default=1.0, metadata={"help": "scales the per-utterance prosody jitter"})
+    train_imbalance_ratio: Optional[float] = field(
+        default=None, metadata={"help": "r of a 1:r gender ratio inside each emotion of train (None = balanced)"})
+    raters_per_gender: int = field(default=3, metadata={"help": "female and male raters in the rater pool"})
+    raters_per_utterance: int = field(default=3, metadata={"help": "annotations per utterance"})
+    rater_accuracy: float = field(
+        default=0.85, metadata={"help": "probability that a rater reports the true emotion (else a random other)"})
+    rater_bias: float = field(
+        default=0.0, metadata={"help": "extra probability that a male rater hears a woman's anger as sadness and "
+                                       "her disgust as fear"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+        # one spelling per value, so that 5 and 5.0 give the same corpus.json bytes
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", "Optional[float]") and value is not None:
+                setattr(self, f.name, float(value))
+            elif f.type == "int":
+                setattr(self, f.name, int(value))
+
+    def validate(self) -> None:
+        """Check every knob.
+
+        Raises:
+            ConfigError: naming the field, its value and what is allowed.
+        """
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "train_imbalance_ratio" and value is None:
+                continue
+            if f.name == "emotion_priors":
+                if not isinstance(value, str):
+                    raise ConfigError(f"emotion_priors must be a string, got {value!r}")
+                continue
+            if f.type in ("int", int) or f.name in ("seed",):
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+            elif not math.isfinite(float(value)):
+                raise ConfigError(f"{f.name} must be finite, got {value!r}")
+
+        def check(name: str, ok: bool, allowed: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        check("seed", self.seed >= 0, "must be >= 0")
+        check("utterances_per_pair", self.utterances_per_pair >= 1, "must be >= 1")
+        check("utterances_per_pair", self.utterances_per_pair <= 100_000, "must be <= 100000")
+        check("shared_fraction", 0.0 <= self.shared_fraction <= 1.0, "must be in [0, 1]")
+        check("dev_fraction", 0.0 <= self.dev_fraction < 1.0, "must be in [0, 1)")
+        check("test_fraction", 0.0 <= self.test_fraction < 1.0, "must be in [0, 1)")
+        check("test_fraction", self.dev_fraction + self.test_fraction < 1.0,
+              f"dev_fraction + test_fraction must be < 1 (train needs rows); dev_fraction is {self.dev_fraction}")
+        for split in SPLIT_ORDER:
+            name = f"{split}_speakers_per_gender"
+            check(name, getattr(self, name) >= 1, "must be >= 1 (each split needs a speaker of each gender)")
+            check(name, getattr(self, name) <= MAX_SPEAKERS_PER_SPLIT_GENDER,
+                  f"must be <= {MAX_SPEAKERS_PER_SPLIT_GENDER} (speakers beyond the voice variants are told apart "
+                  "by pitch offsets, which run out)")
+        parse_emotion_priors(self.emotion_priors)
+        check("neutral_text_fraction", 0.0 <= self.neutral_text_fraction <= 1.0, "must be in [0, 1]")
+        check("prosody_strength", 0.0 <= self.prosody_strength <= 2.0, "must be in [0, 2]")
+        check("prosody_jitter", 0.0 <= self.prosody_jitter <= 3.0, "must be in [0, 3]")
+        if self.train_imbalance_ratio is not None:
+            check("train_imbalance_ratio", self.train_imbalance_ratio >= 1.0,
+                  "must be >= 1 (it is r of a 1:r gender ratio) or None")
+        check("raters_per_gender", self.raters_per_gender >= 0, "must be >= 0")
+        check("raters_per_utterance", self.raters_per_utterance >= 0, "must be >= 0")
+        check("raters_per_utterance", self.raters_per_utterance <= 2 * self.raters_per_gender,
+              f"must be <= the rater pool (2 × raters_per_gender = {2 * self.raters_per_gender})")
+        check("rater_accuracy", 0.0 <= self.rater_accuracy <= 1.0, "must be in [0, 1]")
+        check("rater_bias", 0.0 <= self.rater_bias <= 1.0, "must be in [0, 1]")
+
+    def priors(self) -> dict[str, float]:
+        """The parsed, normalised emotion priors."""
+        return parse_emotion_priors(self.emotion_priors)
+
+    def speakers_per_gender(self, split: str) -> int:
+        return int(getattr(self, f"{split}_speakers_per_gender"))
+
+
+# ------------------------------------------------------------------------------------ plan
+@dataclass(frozen=True)
+class Speaker:
+    """A synthetic character: same variant and offsets in every language."""
+
+    name: str
+    gender: str
+    split: str
+    variant: str
+    pitch_offset: float
+    rate_scale: float
+
+
+@dataclass
+class SourceUtterance:
+    """One English source utterance with its translations and everything needed to speak it."""
+
+    index: int
+    group: str  # "shared", "ENG_DEU" or "ENG_JPN"
+    split: str
+    emotion: str
+    speaker: Speaker
+    sentence: SentenceTriple
+    prosody: Prosody  # final per-utterance settings (emotion profile + speaker + jitter), unrounded
+    dia_id: int = 0
+    utt_id: int = 0
+    season: int = 0
+    episode: int = 0
+    begin_ms: int = 0
+
+
+@dataclass
+class PairRow:
+    """One CSV row of a pair."""
+
+    pair: str
+    id: int
+    source: SourceUtterance
+
+
+@dataclass
+class CorpusPlan:
+    """The metadata of the whole corpus, before synthesis."""
+
+    speakers: list[Speaker]
+    sources: list[SourceUtterance]
+    rows: dict[str, list[PairRow]]  # pair → rows kept (after train imbalance), in id order
+    planned_rows: dict[str, int]  # pair → rows before train imbalance
+    ratings: dict[int, list[tuple[str, str, str]]]  # source index → [(rater, rater_gender, emotion)]
+    raters: list[tuple[str, str]]
+
+
+def _rng(seed: int, stream: int, *more: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, *more]))
+
+
+def _allocate_variants(variants: tuple[str, ...], counts: dict[str, int]) -> dict[str, tuple[str, ...]]:
+    """Give each split its own voice variants (≥ 1 each, ≤ its speaker count), the spare ones going
+    to the split with the most speakers per variant. With fewer variants than splits, share them."""
+    active = [s for s in SPLIT_ORDER if counts[s] > 0]
+    if len(variants) < len(active):
+        return {s: variants for s in SPLIT_ORDER}
+    k = {s: (1 if s in active else 0) for s in SPLIT_ORDER}
+    spare = len(variants) - len(active)
+    while spare > 0:
+        open_splits = [s for s in active if k[s] < counts[s]]
+        if not open_splits:
+            break
+        best = max(open_splits, key=lambda s: (counts[s] / k[s], -SPLIT_ORDER.index(s)))
+        k[best] += 1
+        spare -= 1
+    out: dict[str, tuple[str, ...]] = {}
+    start = 0
+    for s in SPLIT_ORDER:
+        out[s] = variants[start:start + k[s]]
+        start += k[s]
+    return out
+
+
+def make_speakers(config: SynthConfig) -> list[Speaker]:
+    """The synthetic characters of every split, female first then male, train → dev → test.
+
+    Names are unique ("Anna Weber"); train, dev and test speakers are disjoint and — as far as the
+    variant pool allows — use disjoint voice variants. The j-th speaker of a split sharing a
+    variant gets a pitch offset of ``U(-2, 2) + 6·⌈j/2⌉·(−1)^j`` eSpeak units and every speaker a
+    rate scale ``U(0.94, 1.06)``.
+    """
+    rng = _rng(config.seed, _STREAM_SPEAKERS)
+    speakers: list[Speaker] = []
+    for gender in ("female", "male"):
+        counts = {s: config.speakers_per_gender(s) for s in SPLIT_ORDER}
+        names = [f"{first} {last}" for first in _FIRST_NAMES[gender] for last in _LAST_NAMES]
+        order = rng.permutation(len(names))[: sum(counts.values())]
+        allocation = _allocate_variants(VOICE_VARIANTS[gender], counts)
+        n = 0
+        for split in SPLIT_ORDER:
+            pool = allocation[split]
+            for j in range(counts[split]):
+                reuse = j // len(pool)
+                spacing = 6.0 * math.ceil(reuse / 2) * (1 if reuse % 2 == 0 else -1)
+                speakers.append(Speaker(
+                    name=names[order[n]], gender=gender, split=split, variant=pool[j % len(pool)],
+                    pitch_offset=float(rng.uniform(-2.0, 2.0) + spacing),
+                    rate_scale=float(rng.uniform(0.94, 1.06)),
+                ))
+                n += 1
+    return speakers
+
+
+def _largest_remainder(total: int, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts summing to ``total`` closest to ``total · probs`` (ties broken at random)."""
+    exact = total * probs
+    counts = np.floor(exact).astype(np.int64)
+    left = total - int(counts.sum())
+    if left > 0:
+        remainder = exact - counts + rng.uniform(0, 1e-6, size=len(probs)) * (probs > 0)
+        counts[np.argsort(-remainder, kind="stable")[:left]] += 1
+    return counts
+
+
+def _split_counts(n: int, config: SynthConfig) -> dict[str, int]:
+    dev = int(round(n * config.dev_fraction))
+    test = int(round(n * config.test_fraction))
+    return {"train": n - dev - test, "dev": dev, "test": test}
+
+
+def _utterance_prosody(emotion: str, speaker: Speaker, config: SynthConfig, rng: np.random.Generator) -> Prosody:
+    profile, neutral, s, j = PROSODY[emotion], PROSODY["neutral"], config.prosody_strength, config.prosody_jitter
+    u = rng.uniform(-1.0, 1.0, size=5)
+
+    def towards(a: float, b: float) -> float:
+        return a + s * (b - a)
+
+    gap = towards(neutral.word_gap, profile.word_gap)
+    return Prosody(
+        rate=towards(neutral.rate, profile.rate) * speaker.rate_scale * (1 + j * _JITTER.rate * u[0]),
+        pitch=50.0 + speaker.pitch_offset + towards(neutral.pitch, profile.pitch) + j * _JITTER.pitch * u[1],
+        range_=towards(neutral.range_, profile.range_) + j * _JITTER.range_ * u[2],
+        volume=towards(neutral.volume, profile.volume) * (1 + j * _JITTER.volume * u[3]),
+        word_gap=gap + (j * _JITTER.word_gap * u[4] if gap > 0 else 0.0),
+    )
+
+
+def plan_corpus(config: SynthConfig) -> CorpusPlan:
+    """All metadata of the corpus (speakers, source utterances, pair rows, ratings); no audio."""
+    config.validate()
+    priors = np.array([config.priors()[c] for c in MELD.classes])
+    speakers = make_speakers(config)
+    by_split_gender = {(s, g): [sp for sp in speakers if sp.split == s and sp.gender == g]
+                       for s in SPLIT_ORDER for g in ("female", "male")}
+    rng = _rng(config.seed, _STREAM_PLAN)
+    cursor = {key: 0 for key in by_split_gender}
+    order = {key: rng.permutation(len(v)) for key, v in by_split_gender.items()}
+    content_pools = {s: sentences_for(NEUTRAL_CONTENT_SENTENCES, s) for s in SPLIT_ORDER}
+    emotion_pools = {(e, s): sentences_for(EMOTION_SENTENCES[e], s) for e in MELD.classes for s in SPLIT_ORDER}
+
+    n = config.utterances_per_pair
+    n_shared = int(round(config.shared_fraction * n))
+    groups = (("shared", n_shared), ("ENG_DEU", n - n_shared), ("ENG_JPN", n - n_shared))
+    # genders alternate within (split, emotion); each pair's own group continues where the shared
+    # group stopped, so every pair is balanced to within one row per emotion and split
+    parity = {(s, e): int(rng.integers(2)) for s in SPLIT_ORDER for e in range(len(MELD.classes))}
+    sources: list[SourceUtterance] = []
+    for group, size in groups:
+        group_parity = dict(parity)
+        for split, count in _split_counts(size, config).items():
+            if count == 0:
+                continue
+            emotions = np.repeat(np.arange(len(MELD.classes)), _largest_remainder(count, priors, rng))
+            emotions = emotions[rng.permutation(count)]
+            genders = np.empty(count, dtype=object)
+            for e in np.unique(emotions):
+                where = np.flatnonzero(emotions == e)
+                start = group_parity[(split, int(e))]
+                genders[where] = np.where((start + np.arange(len(where))) % 2 == 0, "female", "male")
+                if group == "shared":
+                    parity[(split, int(e))] = (start + len(where)) % 2
+            use_content = rng.random(count) < config.neutral_text_fraction
+            picks = rng.random(count)
+            for i in range(count):
+                emotion = MELD.classes[int(emotions[i])]
+                key = (split, str(genders[i]))
+                pool = by_split_gender[key]
+                speaker = pool[order[key][cursor[key] % len(pool)]]
+                cursor[key] += 1
+                sentences = content_pools[split] if use_content[i] else emotion_pools[(emotion, split)]
+                sentence = sentences[int(picks[i] * len(sentences))]
+                sources.append(SourceUtterance(
+                    index=len(sources), group=group, split=split, emotion=emotion, speaker=speaker,
+                    sentence=sentence, prosody=_utterance_prosody(emotion, speaker, config, rng),
+                ))
+    _place_in_show(sources, rng)
+
+    rows: dict[str, list[PairRow]] = {}
+    planned: dict[str, int] = {}
+    for p, pair in enumerate(PAIRS):
+        mine = sorted((s for s in sources if s.group in ("shared", pair)),
+                      key=lambda s: (SPLIT_ORDER.index(s.split), s.index))
+        pair_rows = [PairRow(pair=pair, id=i, source=s) for i, s in enumerate(mine)]
+        planned[pair] = len(pair_rows)
+        if config.train_imbalance_ratio is not None:
+            pair_rows = _subsample_train(pair_rows, config, p)
+        rows[pair] = pair_rows
+    raters, ratings = simulate_ratings(sources, config)
+    return CorpusPlan(speakers=speakers, sources=sources, rows=rows, planned_rows=planned,
+                      ratings=ratings, raters=raters)
+
+
+def _place_in_show(sources: list[SourceUtterance], rng: np.random.Generator, dialogue_length: int = 5) -> None:
+    """Group each split's utterances into dialogues and give each utterance a unique 10-second slot
+    of a (season, episode): dialogue k → season 1 + (k // 24) % 10, episode 1 + k % 24, minute
+    k // 240; utterance u of the dialogue begins at u·10 s (+ a random 0–999 ms)."""
+    k = 0
+    for split in SPLIT_ORDER:
+        members = [s for s in sources if s.split == split]
+        members = [members[i] for i in rng.permutation(len(members))]
+        for d in range(0, len(members), dialogue_length):
+            for u, source in enumerate(members[d:d + dialogue_length]):
+                source.dia_id = d // dialogue_length
+                source.utt_id = u
+                source.season = 1 + (k // 24) % 10
+                source.episode = 1 + k % 24
+                source.begin_ms = (k // 240) * 60_000 + u * 10_000 + int(rng.integers(1000))
+            k += 1
+
+
+def _subsample_train(rows: list[PairRow], config: SynthConfig, pair_index: int) -> list[PairRow]:
+    train = [r for r in rows if r.source.split == "train"]
+    emotions = np.array([MELD.index(r.source.emotion) for r in train], dtype=np.int64)
+    genders = np.array([r.source.speaker.gender for r in train])
+    majority = {i: IDI_MAJORITY_GENDER[c] for i, c in enumerate(MELD.classes)}
+    keep = subsample_indices(
+        emotions, genders, float(config.train_imbalance_ratio), majority,
+        seed=np.random.SeedSequence([config.seed, _STREAM_IMBALANCE, pair_index]),
+    )
+    kept_ids = {train[i].id for i in keep}
+    return [r for r in rows if r.source.split != "train" or r.id in kept_ids]
+
+
+def simulate_ratings(
+    sources: list[SourceUtterance], config: SynthConfig
+) -> tuple[list[tuple[str, str]], dict[int, list[tuple[str, str, str]]]]:
+    """Per-rater annotations: the rater pool and, per source utterance, ``(rater, gender, emotion)``.
+
+    Each utterance is rated by ``raters_per_utterance`` distinct raters drawn from the pool. A rater
+    reports the true emotion with probability ``rater_accuracy`` and otherwise a uniformly random
+    *other* emotion. The **bias** (``rater_bias`` = b) is systematic and one-sided: when a *male*
+    rater rates a *female* speaker's anger (disgust), with probability b he reports sadness (fear)
+    before accuracy is considered — so male and female raters disagree on women's anger and disgust
+    and agree elsewhere. The probability that a male rater gives a woman's anger the label sadness
+    is ``b + (1 - b)(1 - accuracy)/6``; for a female rater it is ``(1 - accuracy)/6``.
+    """
+    raters = [(f"rater{i + 1:02d}", g) for i, g in enumerate(
+        ["female"] * config.raters_per_gender + ["male"] * config.raters_per_gender)]
+    ratings: dict[int, list[tuple[str, str, str]]] = {}
+    k = config.raters_per_utterance
+    if k == 0 or not sources:
+        return raters, {s.index: [] for s in sources}
+    rng = _rng(config.seed, _STREAM_RATINGS)
+    n, classes = len(sources), np.array(MELD.classes)
+    chosen = np.argsort(rng.random((n, len(raters))), axis=1)[:, :k]  # k distinct raters per utterance
+    chosen.sort(axis=1)
+    true = np.array([MELD.index(s.emotion) for s in sources])[:, None].repeat(k, axis=1)
+    female_speaker = np.array([s.speaker.gender == "female" for s in sources])[:, None]
+    male_rater = np.array([g == "male" for _, g in raters])[chosen]
+    u_bias, u_acc = rng.random((n, k)), rng.random((n, k))
+    other = (true + rng.integers(1, len(classes), size=(n, k))) % len(classes)  # uniform over the other 6
+    label = np.where(u_acc < config.rater_accuracy, true, other)
+    swap = {MELD.index("anger"): MELD.index("sadness"), MELD.index("disgust"): MELD.index("fear")}
+    for source_class, heard in swap.items():
+        biased = male_rater & female_speaker & (true == source_class) & (u_bias < config.rater_bias)
+        label = np.where(biased, heard, label)
+    for i, s in enumerate(sources):
+        ratings[s.index] = [(raters[j][0], raters[j][1], str(classes[label[i, c]])) for c, j in enumerate(chosen[i])]
+    return raters, ratings
+
+
+# ------------------------------------------------------------------------------------ audio
+def _espeak_seed(seed: int, source_index: int, language: str) -> int:
+    state = np.random.SeedSequence([seed, _STREAM_ESPEAK, source_index, ("eng", "deu", "jpn").index(language)])
+    return int(state.generate_state(1)[0] & 0x7FFF_FFFF)
+
+
+def _espeak_settings(prosody: Prosody) -> dict[str, int]:
+    lo = _espeak.RATE_LIMITS
+    return {
+        "rate": int(np.clip(round(prosody.rate), *lo)),
+        "pitch": int(np.clip(round(prosody.pitch), *_espeak.PITCH_LIMITS)),
+        "range_": int(np.clip(round(prosody.range_), *_espeak.RANGE_LIMITS)),
+        "volume": int(np.clip(round(prosody.volume), *_espeak.VOLUME_LIMITS)),
+        "word_gap": int(np.clip(round(prosody.word_gap), *_espeak.WORD_GAP_LIMITS)),
+    }
+
+
+def speak(source: SourceUtterance, language: str, seed: int) -> tuple[np.ndarray, int]:
+    """Synthesise ``source`` in ``language`` (eSpeak's 22,050 Hz int16), at most
+    :data:`MAX_CLIP_SECONDS` long: a longer clip is re-synthesised with the rate scaled up."""
+    text = source.sentence.text(language)
+    voice = f"{ESPEAK_VOICES[language]}+{source.speaker.variant}"
+    settings = _espeak_settings(source.prosody)
+    for _ in range(4):
+        samples, sr = _espeak.synthesize(text, voice, seed=_espeak_seed(seed, source.index, language), **settings)
+        if samples.size == 0:
+            raise DataError(f"eSpeak NG produced no audio for {text!r} (voice {voice})")
+        seconds = samples.size / sr
+        if seconds <= MAX_CLIP_SECONDS or settings["rate"] >= _espeak.RATE_LIMITS[1]:
+            break
+        faster = math.ceil(settings["rate"] * seconds / (0.95 * MAX_CLIP_SECONDS))
+        settings["rate"] = min(_espeak.RATE_LIMITS[1], faster)
+    if samples.size / sr > MAX_CLIP_SECONDS:
+        raise DataError(f"sentence {source.sentence.id} is too long to speak in {MAX_CLIP_SECONDS} s ({language})")
+    return samples, sr
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Resample int16 ``samples`` to 16 kHz and encode them as a mono PCM_16 WAV (deterministic bytes)."""
+    import soundfile as sf
+
+    audio = resample(samples.astype(np.float32) / 32768.0, sample_rate, TARGET_SAMPLE_RATE)
+    pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm, TARGET_SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------ writing
+def format_time(ms: int) -> str:
+    """Milliseconds as MELD's ``HH:MM:SS,mmm``."""
+    hours, rest = divmod(int(ms), 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d},{millis:03d}"
+
+
+def _csv_bytes(header: list[str], rows: list[list[Any]]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8")
+
+
+def audio_relpath(pair: str, language: str, split: str, row_id: int) -> str:
+    """``{pair}/{LANGUAGE}/{split}/{split}_{id}.wav`` (the reader's default path template)."""
+    return f"{pair}/{language.upper()}/{split}/{split}_{row_id}.wav"
+
+
+def _counts(plan: CorpusPlan, n_audio: int, n_ratings: int) -> dict[str, Any]:
+    pairs: dict[str, Any] = {}
+    for pair, rows in plan.rows.items():
+        pairs[pair] = {"planned_rows": plan.planned_rows[pair]}
+        for split in SPLIT_ORDER:
+            table = {e: {"female": 0, "male": 0} for e in MELD.classes}
+            for r in rows:
+                if r.source.split == split:
+                    table[r.source.emotion][r.source.speaker.gender] += 1
+            pairs[pair][split] = {"rows": sum(sum(v.values()) for v in table.values()), "emotion_gender": table}
+    kept_sources = {r.source.index for rows in plan.rows.values() for r in rows}
+    return {
+        "source_utterances": len(kept_sources),
+        "shared_source_utterances": len({r.source.index for r in plan.rows["ENG_DEU"]}
+                                        & {r.source.index for r in plan.rows["ENG_JPN"]}),
+        "audio_files": n_audio,
+        "ratings": n_ratings,
+        "speakers": {s: {g: sum(1 for sp in plan.speakers if sp.split == s and sp.gender == g)
+                         for g in ("female", "male")} for s in SPLIT_ORDER},
+        "raters": {g: sum(1 for _, rg in plan.raters if rg == g) for g in ("female", "male")},
+        "pairs": pairs,
+    }
+
+
+def _build(root: Path, config: SynthConfig) -> dict[str, Any]:
+    """Write the whole corpus under ``root`` (an empty directory); return the manifest."""
+    from tqdm.auto import tqdm
+
+    plan = plan_corpus(config)
+    hashes: dict[str, str] = {}
+
+    def put(rel: str, data: bytes) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        hashes[rel] = hashlib.sha256(data).hexdigest()
+
+    # what to synthesise: the English and the target language of every kept row, once per source
+    # utterance and language; each clip goes to every row path that uses it
+    targets: dict[tuple[int, str], list[str]] = {}
+    for pair, rows in plan.rows.items():
+        for r in rows:
+            for lang in ("eng", PAIRS[pair][0]):
+                targets.setdefault((r.source.index, lang), []).append(audio_relpath(pair, lang, r.source.split, r.id))
+    needed = sorted(targets, key=lambda t: (t[0], ("eng", "deu", "jpn").index(t[1])))
+    by_index = {s.index: s for s in plan.sources}
+    duration_ms: dict[tuple[int, str], int] = {}
+    logger.info("synthesising %d clips for %d source utterances", len(needed), len({i for i, _ in needed}))
+    started = time.perf_counter()
+    for key in tqdm(needed, desc="synthesising", unit="clip", disable=None):
+        samples, sr = speak(by_index[key[0]], key[1], config.seed)
+        data = wav_bytes(samples, sr)
+        duration_ms[key] = int(round(1000 * samples.size / sr))
+        for rel in targets[key]:
+            put(rel, data)
+    logger.info("synthesised %d clips in %.1f s", len(needed), time.perf_counter() - started)
+
+    rating_rows: list[list[Any]] = []
+    for pair, rows in plan.rows.items():
+        code, _ = PAIRS[pair]
+        per_split: dict[str, list[list[Any]]] = {s: [] for s in SPLIT_ORDER}
+        for r in rows:
+            s = r.source
+            eng_ms, tgt_ms = duration_ms[(s.index, "eng")], duration_ms[(s.index, code)]
+            per_split[s.split].append([
+                r.id, s.dia_id, s.utt_id, s.emotion, SENTIMENT[s.emotion], s.sentence.english,
+                s.sentence.text(code), s.season, s.episode, s.speaker.name,
+                format_time(s.begin_ms), format_time(s.begin_ms + eng_ms),
+                format_time(s.begin_ms), format_time(s.begin_ms + tgt_ms),
+            ])
+            rating_rows.extend([pair, r.id, rater, rater_gender, label]
+                               for rater, rater_gender, label in plan.ratings[s.index])
+        for split, csv_split in SPLITS.items():
+            put(f"{pair}/{code}_{csv_split}.csv", _csv_bytes(csv_columns(pair), per_split[split]))
+    put(SPEAKER_GENDER_FILE, _csv_bytes(["speaker", "gender"], [[sp.name, sp.gender] for sp in plan.speakers]))
+    put(RATINGS_FILE, _csv_bytes(["pair", "id", "rater", "rater_gender", "emotion"], rating_rows))
+
+    manifest = {
+        "generator": GENERATOR,
+        "format_version": FORMAT_VERSION,
+        "seed": config.seed,
+        "config": asdict(config),
+        "counts": _counts(plan, sum(1 for rel in hashes if rel.endswith(".wav")), len(rating_rows)),
+        "files": {rel: hashes[rel] for rel in sorted(hashes)},
+    }
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------ entry point
+def read_manifest(out_dir: str | Path) -> Optional[dict[str, Any]]:
+    """The manifest in ``out_dir/corpus.json``, or None when there is none or it is not one of ours."""
+    path = Path(out_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("generator") != GENERATOR:
+        return None
+    return manifest
+
+
+def _difference(manifest: dict[str, Any], config: SynthConfig) -> list[str]:
+    """How the corpus described by ``manifest`` differs from what ``config`` would generate."""
+    diff: list[str] = []
+    if manifest.get("format_version") != FORMAT_VERSION:
+        diff.append(f"format_version {manifest.get('format_version')!r}, not {FORMAT_VERSION}")
+    if manifest.get("seed") != config.seed:
+        diff.append(f"seed {manifest.get('seed')!r}, not {config.seed}")
+    stored = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    wanted = json.loads(json.dumps(asdict(config)))
+    for key in sorted(set(stored) | set(wanted)):
+        if key != "seed" and stored.get(key, "<absent>") != wanted.get(key, "<absent>"):
+            diff.append(f"{key}={stored.get(key, '<absent>')!r}, not {wanted.get(key, '<absent>')!r}")
+    return diff
+
+
+def generate_corpus(
+    out_dir: str | Path, config: SynthConfig | None = None, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Generate the built-in corpus into ``out_dir`` (see the module docstring for its layout).
+
+    Idempotent: when ``out_dir`` already holds the corpus of this generator, format version, seed
+    and config, with all its files, it is returned untouched ("already up to date"). The corpus is
+    built in a temporary sibling directory and moved into place only when complete, so a failure
+    leaves nothing half-written (and an existing ``out_dir`` untouched).
+
+    Args:
+        out_dir: the corpus root to create.
+        config: the knobs (default :class:`SynthConfig`).
+        overwrite: replace an ``out_dir`` that holds a different corpus or other files.
+
+    Returns:
+        The manifest, as written to ``out_dir/corpus.json``.
+
+    Raises:
+        ConfigError: an invalid knob.
+        DataError: ``out_dir`` holds something else and ``overwrite`` is False (the message says what
+            differs), or is a file.
+        EspeakUnavailableError: eSpeak NG cannot be loaded.
+    """
+    config = SynthConfig() if config is None else replace(config)  # replace() re-validates a copy
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a directory; choose another output directory")
+    if out.is_dir() and any(out.iterdir()):
+        manifest = read_manifest(out)
+        if manifest is None:
+            if not overwrite:
+                raise DataError(f"{out} is not empty and holds no llmfair corpus (no {MANIFEST_FILE} from "
+                                f"{GENERATOR}); pass overwrite=True (--overwrite) to replace its content")
+        else:
+            diff = _difference(manifest, config)
+            if not diff:
+                missing = [rel for rel in manifest.get("files", {}) if not (out / rel).is_file()]
+                if not missing:
+                    logger.info("built-in corpus in %s is already up to date (seed %d)", out, config.seed)
+                    return manifest
+                if not overwrite:
+                    raise DataError(f"{out} holds this corpus but {len(missing)} of its files are missing "
+                                    f"(e.g. {missing[0]}); pass overwrite=True (--overwrite) to regenerate it")
+            elif not overwrite:
+                more = " (and more)" if len(diff) > 4 else ""
+                raise DataError(f"{out} holds a corpus with {'; '.join(diff[:4])}{more}; "
+                                "pass overwrite=True (--overwrite) to replace it")
+    _espeak.espeak_paths()  # fail before planning when eSpeak NG is missing
+    started = time.perf_counter()
+    with atomic_directory(out, overwrite=out.exists()) as tmp:
+        manifest = _build(tmp, config)
+    logger.info("built-in corpus (seed %d, %d audio files) written to %s in %.1f s",
+                config.seed, manifest["counts"]["audio_files"], out, time.perf_counter() - started)
+    return manifest
