@@ -1,0 +1,364 @@
+"""Bootstrap confidence intervals for every headline figure, vectorised over replicates.
+
+Two resampling units:
+
+- ``utterance``: resample utterances with replacement. Rows sharing an ``id`` (the modalities of
+  one utterance) move together, so paired audio / audio+text comparisons stay paired.
+- ``speaker`` (cluster bootstrap): resample speakers with replacement; all their rows follow.
+  Utterances of one speaker are correlated, and an utterance-level interval is then too narrow
+  (``tests/test_bootstrap.py`` shows it). Rows with an empty ``speaker`` are their own cluster.
+
+How it is vectorised: each row adds ones at fixed positions of the flattened per-cell statistics
+(:func:`llmfair.metrics.slicing.row_stat_index`), so a cluster is a sparse vector of counts and a
+replicate's statistics are ``Σ_s w_s · cluster_s`` with w the draw counts. Identical clusters are
+merged into *types* first: drawing S clusters uniformly with replacement gives type counts
+``Multinomial(S, multiplicity_t / S)`` — exactly the distribution of the per-row resample
+weights summed by type — so we draw an ``(R, T)`` count matrix and multiply it by the sparse
+``(T, D)`` type statistics. For a single-label table T ≤ cells·K², however many rows there are.
+Then every metric and gap is computed for all R replicates at once by the same functions that give
+the point estimates (:mod:`llmfair.metrics.fairness`).
+
+A replicate in which a cell (or a class's positives) is empty gives NaN for the figures that need
+it; intervals are nan-aware percentiles (``confidence`` 0.95 → 2.5 and 97.5 %) and every interval
+reports how many replicates were ``usable``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from llmfair.errors import ConfigError
+from llmfair.metrics.fairness import (
+    DEFAULT_CELLS,
+    FAIRNESS_FIGURES,
+    _class_gap_values,
+    _gap_values,
+    _summary_values,
+    fairness_summary,
+    gender_gaps,
+)
+from llmfair.metrics.slicing import DEFAULT_BY, HEADLINE_METRICS, SliceMetrics, cell_index, cell_shape, row_stat_index
+from llmfair.predictions import Predictions
+
+logger = logging.getLogger(__name__)
+
+UNITS: tuple[str, ...] = ("utterance", "speaker")
+GAP_FIGURES: tuple[str, ...] = ("female", "male", "male_minus_female", "gap")
+_SIGNATURE_LIMIT = 4_000_000
+"""Largest clusters × rows-per-cluster array built to merge identical clusters."""
+_CHUNK_ENTRIES = 4_000_000
+"""Draw-count entries (replicates × cluster types) generated at a time."""
+
+
+def cluster_ids(pred: Predictions, unit: str) -> np.ndarray:
+    """(n,) cluster of every row for the bootstrap ``unit`` (``utterance``: ``id``; ``speaker``)."""
+    if unit not in UNITS:
+        raise ConfigError(f"unknown bootstrap unit {unit!r}; expected one of {list(UNITS)}")
+    column = "id" if unit == "utterance" else "speaker"
+    values = pred.frame[column].astype(str).to_numpy()
+    codes, uniques = pd.factorize(values)
+    codes = codes.astype(np.int64)
+    if unit == "speaker":
+        empty = values == ""
+        if empty.any():
+            logger.warning("%d rows of %s have no speaker; each is its own bootstrap cluster", int(empty.sum()), pred.source)
+            codes[empty] = len(uniques) + np.arange(int(empty.sum()))
+            _, codes = np.unique(codes, return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def _cluster_types(idx: np.ndarray, clusters: np.ndarray, n_stats: int) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Merge identical clusters: (type statistics (T, D) sparse, multiplicity (T,))."""
+    n, m = idx.shape
+    num_clusters = int(clusters.max()) + 1
+    if m == 1:
+        row_code = idx[:, 0]
+    else:
+        _, row_code = np.unique(idx, axis=0, return_inverse=True)
+        row_code = row_code.reshape(-1)
+    sizes = np.bincount(clusters, minlength=num_clusters)
+    width = int(sizes.max())
+    if num_clusters * width <= _SIGNATURE_LIMIT:
+        order = np.lexsort((row_code, clusters))
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        position = np.arange(n) - starts[clusters[order]]
+        signature = np.full((num_clusters, width), -1, dtype=np.int64)
+        signature[clusters[order], position] = row_code[order]
+        _, representative, type_of_cluster, multiplicity = np.unique(
+            signature, axis=0, return_index=True, return_inverse=True, return_counts=True
+        )
+        type_of_cluster = type_of_cluster.reshape(-1)
+    else:
+        representative = np.arange(num_clusters)
+        type_of_cluster = np.arange(num_clusters)
+        multiplicity = np.ones(num_clusters, dtype=np.int64)
+    is_rep = np.zeros(num_clusters, dtype=bool)
+    is_rep[representative] = True
+    rows = np.flatnonzero(is_rep[clusters])
+    type_rows = np.repeat(type_of_cluster[clusters[rows]], m)
+    stats = sparse.csr_matrix(
+        (np.ones(rows.size * m, dtype=np.int64), (type_rows, idx[rows].ravel())),
+        shape=(len(multiplicity), n_stats),
+    )
+    return stats, multiplicity.astype(np.int64)
+
+
+def resample_statistics(
+    pred: Predictions,
+    by: Sequence[str] = DEFAULT_BY,
+    *,
+    unit: str = "utterance",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> SliceMetrics:
+    """Per-cell statistics of ``n_resamples`` bootstrap replicates: a SliceMetrics with batch ``(R,)``.
+
+    The cells are those of ``SliceMetrics.from_predictions(pred, by)`` (a cell may be empty in a
+    replicate). Seeded with ``numpy.random.default_rng(seed)``.
+    """
+    if n_resamples < 1:
+        raise ConfigError(f"n_resamples must be at least 1; got {n_resamples}")
+    keys, inverse = cell_index(pred, by)
+    shape = cell_shape(pred)
+    n_stats = len(keys) * shape[0] * shape[1]
+    idx = row_stat_index(pred, inverse)
+    clusters = cluster_ids(pred, unit)
+    type_stats, multiplicity = _cluster_types(idx, clusters, n_stats)
+    num_clusters = int(multiplicity.sum())
+    pvals = multiplicity / num_clusters
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_resamples, n_stats), dtype=np.int64)
+    chunk = max(1, _CHUNK_ENTRIES // max(1, len(multiplicity)))
+    stats_t = type_stats.T.tocsr()
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        draws = rng.multinomial(num_clusters, pvals, size=stop - start)
+        out[start:stop] = (stats_t @ draws.T).T
+    logger.debug("bootstrap: %d %s clusters in %d types, %d replicates", num_clusters, unit, len(multiplicity), n_resamples)
+    return SliceMetrics(keys, out.reshape(n_resamples, len(keys), *shape), classes=pred.classes, multilabel=pred.multilabel)
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nan-aware percentile interval over axis 0: (low, high, usable replicates)."""
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must lie in (0, 1); got {confidence}")
+    values = np.asarray(values, dtype=np.float64)
+    alpha = 100.0 * (1.0 - confidence) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN figures give NaN intervals
+        low, high = np.nanpercentile(values, [alpha, 100.0 - alpha], axis=0)
+    return low, high, (~np.isnan(values)).sum(axis=0)
+
+
+# --------------------------------------------------------------------------- headline figures
+def _ordered_union(*parts: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for part in parts:
+        out.extend(c for c in part if c not in out)
+    return tuple(out)
+
+
+def _figure_arrays(
+    sm: SliceMetrics, *, metrics: Sequence[str], by: Sequence[str], cells: Sequence[str], group_column: str,
+    worst_cell_metric: str,
+) -> dict[str, Any]:
+    """Every headline figure of ``sm`` (point or replicate statistics) as arrays with sm's batch axes."""
+    overall = np.stack([sm.merge(()).metric(m)[..., 0] for m in metrics], axis=-1)
+    sliced = sm.merge(by)
+    slices = np.stack([sliced.metric(m) for m in metrics], axis=-1)
+    gap_keys, values = _gap_values(sm, metrics, cells, group_column)
+    female, male = values[..., 0, :], values[..., 1, :]
+    gaps = np.stack([female, male, male - female, np.abs(male - female)], axis=-1)
+    _, class_values = _class_gap_values(sm, group_column)
+    _, worst_values = _gap_values(sm, (worst_cell_metric,), cells, group_column)
+    summary = _summary_values(class_values, worst_values, 0)
+    fairness = np.stack([summary[f] for f in FAIRNESS_FIGURES], axis=-1)
+    return {
+        "overall": overall, "slices": slices, "slice_keys": sliced.keys, "slice_n": sliced.n,
+        "gaps": gaps, "gap_keys": gap_keys, "fairness": fairness,
+    }
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Point estimates and percentile intervals, in long tables.
+
+    Attributes:
+        overall: ``metric, estimate, low, high, usable`` over all rows.
+        slices: the slice columns, ``n``, then ``metric, estimate, low, high, usable``.
+        gaps: the cell columns (``all`` for the overall row), ``metric``, ``figure`` (female,
+            male, male_minus_female, gap), ``estimate, low, high, usable``.
+        fairness: ``figure`` (tpr_gap_rms, ..., worst_cell_gap), ``estimate, low, high, usable``.
+    """
+
+    unit: str
+    n_resamples: int
+    seed: int
+    confidence: float
+    overall: pd.DataFrame
+    slices: pd.DataFrame
+    gaps: pd.DataFrame
+    fairness: pd.DataFrame
+
+
+def _long(keys: pd.DataFrame | None, names: dict[str, Sequence[str]], est: np.ndarray, low, high, usable) -> pd.DataFrame:
+    """Flatten (cells?, *named axes) arrays into one row per entry."""
+    axes = list(names.items())
+    grids = np.meshgrid(*[np.arange(len(v)) for _, v in axes], indexing="ij")
+    lead = est.shape[: est.ndim - len(axes)]
+    n_lead = int(np.prod(lead)) if lead else 1
+    flat = {name: np.tile(np.asarray(values, dtype=object)[g.ravel()], n_lead) for (name, values), g in zip(axes, grids)}
+    frame = pd.DataFrame(flat)
+    if keys is not None:
+        per = int(np.prod([len(v) for _, v in axes]))
+        frame = pd.concat([keys.loc[keys.index.repeat(per)].reset_index(drop=True), frame], axis=1)
+    frame["estimate"] = est.ravel()
+    frame["low"] = np.asarray(low).ravel()
+    frame["high"] = np.asarray(high).ravel()
+    frame["usable"] = np.asarray(usable).ravel().astype(np.int64)
+    return frame
+
+
+def bootstrap_ci(
+    pred: Predictions,
+    *,
+    unit: str = "utterance",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    metrics: Sequence[str] = HEADLINE_METRICS,
+    by: Sequence[str] = DEFAULT_BY,
+    cells: Sequence[str] = DEFAULT_CELLS,
+    worst_cell_metric: str = "weighted_f1",
+    group_column: str = "gender",
+) -> BootstrapResult:
+    """Point estimates with bootstrap intervals for the overall metrics, the slices (``by``), the
+    male − female gaps per ``cells`` (and overall) and the fairness summary figures.
+
+    ``n_resamples=0`` gives the point estimates with NaN intervals. All replicates are drawn once
+    and shared by every figure, so the intervals of different figures come from the same resamples.
+    """
+    if n_resamples < 0:
+        raise ConfigError(f"n_resamples must be non-negative; got {n_resamples}")
+    by, cells = tuple(by), tuple(cells)
+    fine = _ordered_union(by, cells, (group_column,))
+    options = dict(metrics=metrics, by=by, cells=cells, group_column=group_column, worst_cell_metric=worst_cell_metric)
+    point = _figure_arrays(SliceMetrics.from_predictions(pred, fine), **options)
+    if n_resamples:
+        reps = _figure_arrays(resample_statistics(pred, fine, unit=unit, n_resamples=n_resamples, seed=seed), **options)
+        intervals = {k: percentile_interval(reps[k], confidence) for k in ("overall", "slices", "gaps", "fairness")}
+    else:
+        intervals = {
+            k: (np.full(point[k].shape, np.nan),) * 2 + (np.zeros(point[k].shape, dtype=np.int64),)
+            for k in ("overall", "slices", "gaps", "fairness")
+        }
+    metric_axis = {"metric": list(metrics)}
+    slices = _long(point["slice_keys"], metric_axis, point["slices"], *intervals["slices"])
+    slices.insert(len(by), "n", np.repeat(point["slice_n"].astype(np.int64), len(metrics)))
+    return BootstrapResult(
+        unit=unit,
+        n_resamples=n_resamples,
+        seed=seed,
+        confidence=confidence,
+        overall=_long(None, metric_axis, point["overall"], *intervals["overall"]),
+        slices=slices,
+        gaps=_long(point["gap_keys"], {**metric_axis, "figure": list(GAP_FIGURES)}, point["gaps"], *intervals["gaps"]),
+        fairness=_long(None, {"figure": list(FAIRNESS_FIGURES)}, point["fairness"], *intervals["fairness"]),
+    )
+
+
+# ------------------------------------------------------------------------------ report dict
+def _num(x: Any) -> Any:
+    """A JSON value: Python float/int, NaN → None."""
+    if isinstance(x, (np.integer, int)) and not isinstance(x, bool):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return None if math.isnan(float(x)) else float(x)
+    return x
+
+
+def _ci(rows: pd.DataFrame, key: str) -> tuple[dict[str, list], dict[str, int]]:
+    ci = {str(r[key]): [_num(r["low"]), _num(r["high"])] for _, r in rows.iterrows()}
+    usable = {str(r[key]): int(r["usable"]) for _, r in rows.iterrows()}
+    return ci, usable
+
+
+def summary_dict(
+    pred: Predictions,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    unit: str = "utterance",
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """The report's metrics block, JSON-serialisable (floats, NaN → None).
+
+    Shape::
+
+        {"n", "label_space": {"name", "classes", "multilabel"},
+         "overall": {"accuracy", "weighted_f1", "macro_f1", "ci": {metric: [low, high]}, "usable"},
+         "slices": [{"language", "modality", "gender", "n", "accuracy", "weighted_f1", "macro_f1",
+                     "ci": {metric: [low, high]}, "usable": {metric: replicates}}],
+         "gaps": [{"language", "modality", "metric", "female", "male", "male_minus_female", "gap",
+                   "n_female", "n_male", "n_unknown", "ci": {figure: [low, high]}, "usable"}],
+         "fairness": {"tpr_gap_rms", "fpr_gap_rms", "f1_gap_rms", "dp_gap_sum", "dp_gap_rms",
+                      "worst_cell_gap", "ci": {figure: [low, high]}, "usable", "worst_cell",
+                      "worst_cell_metric", "skipped_classes", "n_unknown_gender"},
+         "bootstrap": {"unit", "n_resamples", "seed", "confidence", "method", "min_usable"}}
+
+    The gap rows with language = modality = ``"all"`` are the overall (all known-gender rows)
+    gaps. For multi-label tables ``accuracy`` is the Hamming accuracy.
+    """
+    result = bootstrap_ci(pred, unit=unit, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    metrics = list(HEADLINE_METRICS)
+    overall_ci, overall_usable = _ci(result.overall, "metric")
+    overall = {m: _num(v) for m, v in zip(result.overall["metric"], result.overall["estimate"])}
+    slices = []
+    for _, group in result.slices.groupby(list(DEFAULT_BY), sort=False):
+        first = group.iloc[0]
+        ci, usable = _ci(group, "metric")
+        slices.append(
+            {**{c: str(first[c]) for c in DEFAULT_BY}, "n": int(first["n"]),
+             **{m: _num(v) for m, v in zip(group["metric"], group["estimate"])}, "ci": ci, "usable": usable}
+        )
+    counts = gender_gaps(pred, metrics, DEFAULT_CELLS)
+    gaps = []
+    for _, group in result.gaps.groupby(list(DEFAULT_CELLS) + ["metric"], sort=False):
+        first = group.iloc[0]
+        ci, usable = _ci(group, "figure")
+        match = counts[(counts["language"] == first["language"]) & (counts["modality"] == first["modality"])
+                       & (counts["metric"] == first["metric"])].iloc[0]
+        gaps.append(
+            {"language": str(first["language"]), "modality": str(first["modality"]), "metric": str(first["metric"]),
+             **{f: _num(v) for f, v in zip(group["figure"], group["estimate"])},
+             **{k: int(match[k]) for k in ("n_female", "n_male", "n_unknown")}, "ci": ci, "usable": usable}
+        )
+    summary = fairness_summary(pred)
+    fair_ci, fair_usable = _ci(result.fairness, "figure")
+    fairness = {f: _num(v) for f, v in zip(result.fairness["figure"], result.fairness["estimate"])}
+    fairness.update(
+        ci=fair_ci, usable=fair_usable, worst_cell={k: str(v) for k, v in summary["worst_cell"].items()},
+        worst_cell_metric=summary["worst_cell_metric"], skipped_classes=summary["skipped_classes"],
+        n_unknown_gender=summary["n_unknown_gender"],
+    )
+    all_usable = pd.concat([result.overall, result.slices, result.gaps, result.fairness])["usable"]
+    space = pred.label_space
+    return {
+        "n": pred.n,
+        "label_space": {"name": space.name, "classes": list(pred.classes), "multilabel": pred.multilabel},
+        "overall": {**{m: overall[m] for m in metrics}, "ci": overall_ci, "usable": overall_usable},
+        "slices": slices,
+        "gaps": gaps,
+        "fairness": fairness,
+        "bootstrap": {
+            "unit": unit, "n_resamples": n_resamples, "seed": seed, "confidence": confidence,
+            "method": "percentile", "min_usable": int(all_usable.min()) if n_resamples else 0,
+        },
+    }
