@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# resemblyzer ships its speaker encoder; its declared webrtcvad dependency is broken (see pyproject)
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps resemblyzer
 	cat pyproject.toml constraints.txt | sha256sum > $(STAMP)
 
 install: $(STAMP)
