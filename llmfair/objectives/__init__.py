@@ -9,6 +9,7 @@ from llmfair.objectives.base import (
     Objective,
     ObjectiveInputs,
     ObjectiveOutput,
+    TrainingStats,
     build_objective,
     register_objective,
 )
@@ -17,6 +18,6 @@ from llmfair.objectives import minmaxgap as _minmaxgap  # noqa: F401  (registers
 from llmfair.objectives.minmaxgap import MinMaxGapOptions
 
 __all__ = [
-    "OBJECTIVES", "CrossRankReducer", "GroupSpec", "Objective", "ObjectiveInputs", "ObjectiveOutput",
+    "OBJECTIVES", "CrossRankReducer", "GroupSpec", "Objective", "ObjectiveInputs", "ObjectiveOutput", "TrainingStats",
     "MinMaxGapOptions", "build_objective", "register_objective",
 ]

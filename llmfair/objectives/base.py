@@ -98,6 +98,8 @@ class ObjectiveInputs:
         labels: (B,) class indices or (B, K) soft labels.
         features: (B, D) pooled representation (adversaries, disentanglement).
         sample_index: (B,) dataset indices (per-sample running statistics, e.g. LfF).
+        inputs: (B, ...) the model's frozen input representation (e.g. cached SSL features), for
+            objectives that train auxiliary models on the input (LfF's biased model).
     """
 
     per_sample_loss: torch.Tensor
@@ -106,6 +108,40 @@ class ObjectiveInputs:
     labels: torch.Tensor | None = None
     features: torch.Tensor | None = None
     sample_index: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
+
+
+@dataclass
+class TrainingStats:
+    """Training-set counts an objective may need (RW's n_c/n_{c,g}, GADRO's n_g, LfF's set size).
+
+    Attributes:
+        group_counts: (G,) examples per group id.
+        class_group_counts: (K, G) examples per (single-label class, group id); rows without a
+            single label are not counted.
+        num_examples: training-set size (dataset indices run from 0 to num_examples - 1).
+        num_classes: K.
+        soft_group_counts: (G,) summed group probabilities when groups are soft (PGDRO), else None.
+    """
+
+    group_counts: np.ndarray
+    class_group_counts: np.ndarray
+    num_examples: int
+    num_classes: int
+    soft_group_counts: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(cls, group_ids: np.ndarray, classes: np.ndarray, num_groups: int, num_classes: int) -> "TrainingStats":
+        group_ids = np.asarray(group_ids, dtype=np.int64)
+        classes = np.asarray(classes, dtype=np.int64)
+        has_class = classes >= 0
+        flat = classes[has_class] * num_groups + group_ids[has_class]
+        return cls(
+            group_counts=np.bincount(group_ids, minlength=num_groups),
+            class_group_counts=np.bincount(flat, minlength=num_classes * num_groups).reshape(num_classes, num_groups),
+            num_examples=len(group_ids),
+            num_classes=num_classes,
+        )
 
 
 @dataclass
@@ -135,6 +171,16 @@ class Objective(nn.Module):
         self.group_spec = group_spec
         self.options = options if options is not None else self.options_class()
         self.reducer = reducer or CrossRankReducer()
+
+    def setup(self, stats: TrainingStats) -> None:
+        """Receive training-set counts before training (called once by the run; methods that need
+        counts override it and keep them as buffers so checkpoints carry them)."""
+        self.training_stats = stats
+
+    def predict_logits(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The logits used for predictions: the model's, unless the method replaces the
+        classifier (e.g. DisEnt predicts from its own head on [z_i; z_b])."""
+        return outputs["logits"]
 
     def forward(self, inputs: ObjectiveInputs) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must implement forward")

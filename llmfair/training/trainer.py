@@ -65,6 +65,26 @@ class FairTrainer(Trainer):
         self._figures: dict[str, list[float]] = defaultdict(list)
         self._pending_weights: list[torch.Tensor] = []
 
+    # ------------------------------------------------------------------ optimiser
+    def create_optimizer(self, model=None):
+        """The model's optimiser plus one parameter group for the objective's own modules
+        (auxiliary heads, adversaries). Those modules are not wrapped by DDP, so their gradients
+        are averaged over ranks by a hook here."""
+        optimizer = super().create_optimizer(model)
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        if params and not getattr(self, "_objective_params_added", False):
+            optimizer.add_param_group({"params": params, "weight_decay": self.args.weight_decay})
+            self._objective_params_added = True
+            world = self.objective.reducer.world_size
+            if world > 1:
+                for p in params:
+                    p.register_post_accumulate_grad_hook(self._average_over_ranks)
+        return optimizer
+
+    def _average_over_ranks(self, param: torch.nn.Parameter) -> None:
+        torch.distributed.all_reduce(param.grad)
+        param.grad /= torch.distributed.get_world_size()
+
     # ------------------------------------------------------------------ data
     def _get_train_sampler(self, train_dataset=None):
         if self._train_sampler_override is not None:
@@ -99,6 +119,7 @@ class FairTrainer(Trainer):
             result = self.objective(ObjectiveInputs(
                 per_sample_loss=per_sample_loss, group_ids=meta["group_ids"], logits=outputs.get("logits"),
                 labels=batch.get("labels"), features=outputs.get("features"), sample_index=meta.get("sample_index"),
+                inputs=outputs.get("inputs"),
             ))
             loss = result.loss
             if model.training:
