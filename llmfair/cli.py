@@ -99,6 +99,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace) -> int:
+    from llmfair.report import write_report
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    result = write_report(args.predictions, args.out, names=names, n_resamples=args.n_resamples, seed=args.seed,
+                          unit=args.unit, plots=not args.no_plots)
+    print(result["markdown"], end="")
+    print(f"\nreport written to {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfair", description=__doc__.splitlines()[0])
@@ -134,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     imb.add_argument("--seed", type=int, default=0, help="seed of the minority draw (default 0)")
     imb.add_argument("--json", action="store_true", help='print {"train": {"angry": {"female": n, "male": n}, ...}, ...}')
     imb.set_defaults(func=cmd_data_imbalance)
+
+    report = sub.add_parser(
+        "report", help="metrics.json, Markdown/CSV tables and plots from predictions tables; several files are compared"
+    )
+    report.add_argument("predictions", nargs="+", metavar="PRED",
+                        help="predictions table(s) (CSV or Parquet); with several, the first is the reference")
+    report.add_argument("--out", required=True, help="report directory (created; existing files are replaced)")
+    report.add_argument("--names", default=None, help="comma-separated run names (default: the file stems)")
+    report.add_argument("--n-resamples", type=int, default=1000, help="bootstrap replicates (default 1000; 0: none)")
+    report.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    report.add_argument("--unit", choices=["utterance", "speaker"], default="utterance",
+                        help="bootstrap unit (default utterance; speaker = cluster bootstrap)")
+    report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the built-in corpus")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")

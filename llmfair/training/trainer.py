@@ -180,8 +180,34 @@ class FairTrainer(Trainer):
             with atomic_path(os.path.join(folder, OBJECTIVE_STATE_FILE)) as tmp:
                 save_file(state, str(tmp))
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Weights as safetensors and the arguments as JSON (never pickle); modules that know their
+        trainable part (``save_trainable``: the speech-LLM adapter) save only that."""
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "save_trainable"):
+            model.save_trainable(output_dir, state_dict=state_dict)
+        else:
+            from safetensors.torch import save_file
+
+            from llmfair._atomic import atomic_path
+
+            state = state_dict if state_dict is not None else model.state_dict()
+            with atomic_path(os.path.join(output_dir, "model.safetensors")) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
+            self.processing_class.save_pretrained(output_dir)
+        from llmfair._atomic import write_text
+
+        write_text(os.path.join(output_dir, "training_args.json"), self.args.to_json_string())
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if hasattr(unwrapped, "load_trainable") and not self.is_deepspeed_enabled:
+            unwrapped.load_trainable(resume_from_checkpoint)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_FILE)
         if os.path.isfile(path):
             from safetensors.torch import load_file

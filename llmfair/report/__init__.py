@@ -1,0 +1,23 @@
+"""Evaluation reports: ``metrics.json``, Markdown and CSV tables, PNG plots, run comparisons.
+
+- :func:`write_report` (``llmfair report``): the report directory of one or several predictions
+  tables.
+- :mod:`~llmfair.report.tables`: tables and the side-by-side comparison from
+  :func:`llmfair.metrics.summary_dict`.
+- :mod:`~llmfair.report.plots`: the PNG figures (matplotlib is imported only when plotting).
+"""
+from llmfair.report.tables import (
+    comparison_frame,
+    comparison_markdown,
+    flatten_summary,
+    format_ci,
+    gaps_frame,
+    slices_frame,
+    summary_markdown,
+)
+from llmfair.report.writer import check_same_label_space, run_names, write_report
+
+__all__ = [
+    "check_same_label_space", "comparison_frame", "comparison_markdown", "flatten_summary", "format_ci",
+    "gaps_frame", "run_names", "slices_frame", "summary_markdown", "write_report",
+]

@@ -1,0 +1,243 @@
+"""Write an evaluation report directory from one or more predictions tables.
+
+One file::
+
+    OUT/metrics.json  metrics.md  slices.csv  gaps.csv  plots/{slices,gap_heatmap,confusion_by_gender}.png
+
+Several files (e.g. ERM and MinMaxGAP on the same test set)::
+
+    OUT/<run>/...                      the single-run report of every run
+    OUT/comparison.{md,csv,json}       every figure side by side, deltas and gains vs the first run
+    OUT/plots/comparison_{slices,gaps}.png
+
+``metrics.json`` is :func:`llmfair.metrics.summary_dict` plus a ``run`` block (name, source).
+Everything is computed before anything is written, files are written atomically (an existing
+directory is reused and its files replaced), and ``metrics.json`` is written last, so a failure
+never leaves a half-written or inconsistent ``metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from llmfair._atomic import write_text
+from llmfair.errors import ConfigError, DataError
+from llmfair.metrics import UNITS, summary_dict
+from llmfair.predictions import Predictions, read_predictions
+from llmfair.report.tables import (
+    comparison_frame,
+    comparison_markdown,
+    frame_records,
+    gaps_frame,
+    slices_frame,
+    summary_markdown,
+)
+
+logger = logging.getLogger(__name__)
+
+RESERVED_NAMES: frozenset[str] = frozenset({"plots"})
+"""Run names that would collide with the top-level entries of a comparison directory."""
+_UNSAFE = re.compile(r"[^\w.+-]+")
+
+
+def run_names(paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> list[str]:
+    """One directory-safe, unique name per predictions file.
+
+    ``names`` (e.g. from ``--names ERM,MinMaxGAP``) or else the file stems; characters other than
+    letters, digits and ``._+-`` become ``_``; repeats (and the reserved name ``plots``) get
+    ``-2``, ``-3``... appended.
+
+    Raises:
+        ConfigError: ``names`` has a different length than ``paths`` or an empty name.
+    """
+    if names is not None:
+        names = list(names)
+        if len(names) != len(paths):
+            raise ConfigError(f"got {len(names)} run name(s) {names} for {len(paths)} predictions file(s)")
+        raw = names
+    else:
+        raw = [Path(p).stem for p in paths]
+    out: list[str] = []
+    taken = set(RESERVED_NAMES)
+    for name in raw:
+        clean = _UNSAFE.sub("_", str(name).strip()).strip(".")
+        if not clean:
+            raise ConfigError(f"run name {name!r} is empty once made safe for a directory name")
+        candidate, k = clean, 2
+        while candidate in taken:
+            candidate, k = f"{clean}-{k}", k + 1
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def check_same_label_space(tables: Mapping[str, Predictions]) -> None:
+    """Refuse to compare runs whose classes (names, order) or label kind (single/multi) differ.
+
+    Raises:
+        DataError: naming both files and their label spaces.
+    """
+    items = list(tables.items())
+    ref_name, ref = items[0]
+    for name, table in items[1:]:
+        if table.classes != ref.classes or table.multilabel != ref.multilabel:
+            raise DataError(
+                f"runs have different label spaces and cannot be compared: {ref.source} ({ref_name}) has "
+                f"{list(ref.classes)}{' multi-label' if ref.multilabel else ''}, {table.source} ({name}) has "
+                f"{list(table.classes)}{' multi-label' if table.multilabel else ''}"
+            )
+
+
+def _warn_if_rows_differ(tables: Mapping[str, Predictions]) -> None:
+    items = list(tables.items())
+    ref_name, ref = items[0]
+    ref_keys = pd.MultiIndex.from_frame(ref.frame[["id", "modality"]])
+    for name, table in items[1:]:
+        keys = pd.MultiIndex.from_frame(table.frame[["id", "modality"]])
+        if len(keys) != len(ref_keys) or not keys.sort_values().equals(ref_keys.sort_values()):
+            logger.warning(
+                "%s (%s) and %s (%s) do not hold the same (id, modality) rows; deltas compare different test sets",
+                ref.source, ref_name, table.source, name,
+            )
+
+
+def _json_text(obj: Any) -> str:
+    # allow_nan=False: a NaN that slipped through would make invalid JSON; fail before writing
+    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _run_texts(name: str, table: Predictions, summary: dict[str, Any]) -> dict[str, str]:
+    """Every text file of one run's report, rendered in memory."""
+    return {
+        "metrics.md": summary_markdown(summary, title=f"Evaluation report: {name}", source=table.source),
+        "slices.csv": slices_frame(summary).to_csv(index=False),
+        "gaps.csv": gaps_frame(summary).to_csv(index=False),
+        "metrics.json": _json_text(summary),
+    }
+
+
+def _run_plots(table: Predictions, summary: Mapping[str, Any], plot_dir: Path) -> list[Path]:
+    from llmfair.report import plots
+
+    return [
+        plots.plot_slices(summary, plot_dir / "slices.png"),
+        plots.plot_gap_heatmap(summary, plot_dir / "gap_heatmap.png"),
+        plots.plot_confusion_by_gender(table, plot_dir / "confusion_by_gender.png"),
+    ]
+
+
+def _write_run(run_dir: Path, texts: Mapping[str, str]) -> list[Path]:
+    written = []
+    for filename in ("metrics.md", "slices.csv", "gaps.csv", "metrics.json"):  # metrics.json last
+        path = run_dir / filename
+        write_text(path, texts[filename])
+        written.append(path)
+    return written
+
+
+def write_report(
+    prediction_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    names: Sequence[str] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    unit: str = "utterance",
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Evaluate predictions tables and write the report (see the module docstring for the layout).
+
+    Args:
+        prediction_paths: one or more predictions tables (CSV or Parquet); with several, the first
+            is the reference of the comparison.
+        out_dir: the report directory (created; existing files are replaced).
+        names: run names (default: the file stems), made unique.
+        n_resamples: bootstrap replicates for the intervals (0: none).
+        seed: bootstrap seed.
+        unit: bootstrap unit, ``utterance`` or ``speaker`` (cluster bootstrap).
+        plots: also write the PNG plots.
+
+    Returns:
+        ``{"runs": {name: {"source", "dir", "summary"}}, "comparison": {"reference", "frame",
+        "markdown"} or None, "markdown": the Markdown to show (the run's or the comparison's),
+        "files": [written paths]}``.
+
+    Raises:
+        ConfigError: no files, a bad ``unit``/``n_resamples``/``names``.
+        DataError: a missing or invalid predictions file, or runs with different label spaces.
+    """
+    paths = [Path(p) for p in prediction_paths]
+    if not paths:
+        raise ConfigError("write_report needs at least one predictions file")
+    if unit not in UNITS:
+        raise ConfigError(f"unknown bootstrap unit {unit!r}; expected one of {list(UNITS)}")
+    if n_resamples < 0:
+        raise ConfigError(f"n_resamples must be non-negative; got {n_resamples}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"report output {out} exists and is not a directory")
+    labels = run_names(paths, names)
+    tables = {name: read_predictions(p) for name, p in zip(labels, paths)}
+    if len(tables) > 1:
+        check_same_label_space(tables)
+        _warn_if_rows_differ(tables)
+
+    summaries: dict[str, dict[str, Any]] = {}
+    texts: dict[str, dict[str, str]] = {}
+    for name, table in tables.items():
+        logger.info("evaluating %s (%d rows, %d bootstrap resamples)", table.source, table.n, n_resamples)
+        summary = summary_dict(table, n_resamples=n_resamples, seed=seed, unit=unit)
+        summary["run"] = {"name": name, "source": str(table.source)}
+        summaries[name] = summary
+        texts[name] = _run_texts(name, table, summary)
+
+    single = len(tables) == 1
+    run_dirs = {name: out if single else out / name for name in tables}
+    comparison: dict[str, Any] | None = None
+    comparison_texts: dict[str, str] = {}
+    if not single:
+        frame = comparison_frame(summaries)
+        sources = {name: str(t.source) for name, t in tables.items()}
+        markdown = comparison_markdown(summaries, frame, sources=sources)
+        reference = labels[0]
+        comparison = {"reference": reference, "frame": frame, "markdown": markdown}
+        comparison_texts = {
+            "comparison.md": markdown,
+            "comparison.csv": frame.to_csv(index=False),
+            "comparison.json": _json_text({
+                "reference": reference,
+                "runs": [{"name": n, "source": sources[n], "n": summaries[n]["n"], "dir": n} for n in tables],
+                "label_space": summaries[reference]["label_space"],
+                "bootstrap": summaries[reference]["bootstrap"],
+                "rows": frame_records(frame),
+            }),
+        }
+
+    files: list[Path] = []
+    if plots:
+        from llmfair.report import plots as plotting
+
+        for name, table in tables.items():
+            files += _run_plots(table, summaries[name], run_dirs[name] / "plots")
+        if not single:
+            files.append(plotting.plot_comparison_slices(summaries, out / "plots" / "comparison_slices.png"))
+            files.append(plotting.plot_comparison_gaps(summaries, out / "plots" / "comparison_gaps.png"))
+    for name in tables:
+        files += _write_run(run_dirs[name], texts[name])
+    for filename, text in comparison_texts.items():
+        write_text(out / filename, text)
+        files.append(out / filename)
+    logger.info("report of %d run(s) written to %s", len(tables), out)
+    return {
+        "runs": {name: {"source": str(tables[name].source), "dir": str(run_dirs[name]), "summary": summaries[name]}
+                 for name in tables},
+        "comparison": comparison,
+        "markdown": texts[labels[0]]["metrics.md"] if single else comparison["markdown"],
+        "files": [str(f) for f in files],
+    }

@@ -1,0 +1,372 @@
+"""Reports: metrics.json against the library and scikit-learn, CSV/Markdown tables, plots, run
+comparisons (deltas, gains), label-space checks, atomic writes, and ``llmfair report``."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from llmfair.cli import main
+from llmfair.data.labels import CREMA_D, MELD
+from llmfair.errors import ConfigError, DataError
+from llmfair.metrics import FAIRNESS_FIGURES, HEADLINE_METRICS, gain, summary_dict
+from llmfair.predictions import Predictions, read_predictions, write_predictions
+from llmfair.report import plots as report_plots
+from llmfair.report import run_names, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+R = 200  # bootstrap replicates in tests
+SK = {
+    "accuracy": accuracy_score,
+    "weighted_f1": lambda y, p: f1_score(y, p, average="weighted", zero_division=0),
+    "macro_f1": lambda y, p: f1_score(y, p, average="macro", zero_division=0),
+}
+REQUIRED_SLICE = {"language", "modality", "gender", "n", "accuracy", "weighted_f1", "macro_f1", "ci"}
+REQUIRED_GAP = {"language", "modality", "metric", "female", "male", "male_minus_female", "gap", "ci"}
+
+
+def make_predictions(
+    path: Path, *, seed: int = 0, n_utterances: int = 240, female_acc: float = 0.45, male_acc: float = 0.75,
+    classes=MELD.classes,
+) -> Predictions:
+    """3 languages × 2 modalities (each utterance in both), female/male/unknown speakers, random
+    probabilities whose argmax is right with a gender-dependent rate (so the gaps are non-zero)."""
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    n = n_utterances
+    language = np.array(["eng", "deu", "jpn"])[np.arange(n) % 3]
+    speaker = rng.integers(0, 36, n)
+    gender = np.where(speaker % 9 == 8, "unknown", np.where(speaker % 2 == 0, "female", "male"))
+    label = rng.integers(0, k, n)
+    parts = []
+    for modality, bonus in (("audio", 0.0), ("audio_text", 0.1)):
+        good = rng.random(n) < np.where(gender == "male", male_acc, female_acc) + bonus
+        predicted = np.where(good, label, rng.integers(0, k, n))
+        logits = rng.normal(size=(n, k))
+        logits[np.arange(n), predicted] += 5.0
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        parts.append((np.full(n, modality), probs))
+    return write_predictions(
+        path, ids=np.tile([f"u{i}" for i in range(n)], 2), split="test", language=np.tile(language, 2),
+        modality=np.concatenate([m for m, _ in parts]), gender=np.tile(gender, 2),
+        speaker=np.tile([f"s{s}" for s in speaker], 2), classes=classes,
+        probs=np.concatenate([p for _, p in parts]), labels=np.tile(label, 2),
+    )
+
+
+def strict_json(path: Path):
+    """json.load that rejects NaN/Infinity (the allow_nan=False reading)."""
+    def reject(token: str):
+        raise ValueError(f"{path} contains the non-JSON constant {token}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=reject)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("preds")
+    make_predictions(root / "erm.csv", seed=0)
+    make_predictions(root / "minmaxgap.csv", seed=1, female_acc=0.6, male_acc=0.65)
+    return {"erm": root / "erm.csv", "minmaxgap": root / "minmaxgap.csv"}
+
+
+@pytest.fixture(scope="module")
+def single(tables, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("report_one")
+    result = write_report([tables["erm"]], out, n_resamples=R, seed=3)
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def pair(tables, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("report_two")
+    result = write_report([tables["erm"], tables["minmaxgap"]], out, names=["ERM", "MinMaxGAP"], n_resamples=R, seed=3)
+    return out, result
+
+
+# ------------------------------------------------------------------------------ metrics.json
+def test_metrics_json_has_every_key_and_equals_summary_dict(tables, single):
+    out, result = single
+    data = strict_json(out / "metrics.json")
+    assert {"n", "label_space", "overall", "slices", "gaps", "fairness"} <= set(data)
+    assert set(HEADLINE_METRICS) <= set(data["overall"])
+    assert set(FAIRNESS_FIGURES) <= set(data["fairness"])
+    assert data["slices"] and all(REQUIRED_SLICE <= set(s) for s in data["slices"])
+    assert data["gaps"] and all(REQUIRED_GAP <= set(g) for g in data["gaps"])
+    assert all(set(s["ci"]) == set(HEADLINE_METRICS) for s in data["slices"])
+    assert data["label_space"]["classes"] == list(MELD.classes)
+    assert data["run"] == {"name": "erm", "source": str(tables["erm"])}
+    expected = summary_dict(read_predictions(tables["erm"]), n_resamples=R, seed=3)
+    assert {k: v for k, v in data.items() if k != "run"} == json.loads(json.dumps(expected))
+    assert result["runs"]["erm"]["summary"]["overall"] == data["overall"]
+
+
+def test_metrics_json_numbers_match_sklearn(tables, single):
+    data = strict_json(single[0] / "metrics.json")
+    frame = pd.read_csv(tables["erm"], dtype=str, keep_default_na=False)
+    y, p = frame["label"].to_numpy(), frame["prediction"].to_numpy()
+    assert data["n"] == len(frame) == 480
+    for m, fn in SK.items():
+        assert data["overall"][m] == pytest.approx(fn(y, p), abs=1e-12)
+    for s in data["slices"]:
+        rows = ((frame["language"] == s["language"]) & (frame["modality"] == s["modality"])
+                & (frame["gender"] == s["gender"])).to_numpy()
+        assert s["n"] == rows.sum()
+        for m, fn in SK.items():
+            assert s[m] == pytest.approx(fn(y[rows], p[rows]), abs=1e-12)
+    # gaps: male − female on known-gender rows; unknown excluded but counted
+    for g in data["gaps"]:
+        cell = np.ones(len(frame), dtype=bool)
+        if g["language"] != "all":
+            cell = ((frame["language"] == g["language"]) & (frame["modality"] == g["modality"])).to_numpy()
+        f = cell & (frame["gender"] == "female").to_numpy()
+        m = cell & (frame["gender"] == "male").to_numpy()
+        fn = SK[g["metric"]]
+        assert g["female"] == pytest.approx(fn(y[f], p[f]), abs=1e-12)
+        assert g["male"] == pytest.approx(fn(y[m], p[m]), abs=1e-12)
+        assert g["male_minus_female"] == pytest.approx(fn(y[m], p[m]) - fn(y[f], p[f]), abs=1e-12)
+        assert g["n_unknown"] == (cell & (frame["gender"] == "unknown").to_numpy()).sum()
+    overall_gap = next(g for g in data["gaps"] if g["language"] == "all" and g["metric"] == "accuracy")
+    assert overall_gap["male_minus_female"] > 0.1  # the generator favours male speakers
+    # fairness: RMS of per-class TPR gaps and DP gap, by hand with sklearn recall
+    known = frame["gender"].isin(["female", "male"]).to_numpy()
+    tpr = {gd: recall_score(y[known & (frame["gender"] == gd).to_numpy()], p[known & (frame["gender"] == gd).to_numpy()],
+                            labels=list(MELD.classes), average=None, zero_division=np.nan) for gd in ("female", "male")}
+    gaps = np.abs(tpr["male"] - tpr["female"])
+    assert data["fairness"]["tpr_gap_rms"] == pytest.approx(np.sqrt(np.nanmean(gaps ** 2)), abs=1e-12)
+    sel = {gd: np.array([(p[(frame["gender"] == gd).to_numpy()] == c).mean() for c in MELD.classes]) for gd in ("female", "male")}
+    dp = np.abs(sel["male"] - sel["female"])
+    assert data["fairness"]["dp_gap_sum"] == pytest.approx(np.sqrt((dp ** 2).sum()), abs=1e-12)
+    assert data["fairness"]["dp_gap_rms"] == pytest.approx(np.sqrt((dp ** 2).mean()), abs=1e-12)
+    assert data["fairness"]["n_unknown_gender"] == (~known).sum() > 0
+    # intervals bracket their estimates
+    for s in data["slices"]:
+        for m in HEADLINE_METRICS:
+            low, high = s["ci"][m]
+            assert low <= s[m] + 1e-12 and s[m] <= high + 1e-12
+
+
+def test_csv_tables_parse_and_match_json(single):
+    out, _ = single
+    data = strict_json(out / "metrics.json")
+    slices = pd.read_csv(out / "slices.csv")
+    assert len(slices) == len(data["slices"])
+    for (_, row), s in zip(slices.iterrows(), data["slices"]):
+        assert (row["language"], row["modality"], row["gender"], row["n"]) == (s["language"], s["modality"], s["gender"], s["n"])
+        for m in HEADLINE_METRICS:
+            assert row[m] == s[m]
+            assert [row[f"{m}_low"], row[f"{m}_high"]] == s["ci"][m]
+    gaps = pd.read_csv(out / "gaps.csv")
+    assert len(gaps) == len(data["gaps"])
+    for (_, row), g in zip(gaps.iterrows(), data["gaps"]):
+        assert (row["language"], row["modality"], row["metric"]) == (g["language"], g["modality"], g["metric"])
+        for f in ("female", "male", "male_minus_female", "gap"):
+            assert row[f] == g[f]
+            assert [row[f"{f}_low"], row[f"{f}_high"]] == g["ci"][f]
+        assert (row["n_female"], row["n_male"], row["n_unknown"]) == (g["n_female"], g["n_male"], g["n_unknown"])
+
+
+def test_markdown_has_every_slice_row_with_its_interval(single):
+    out, result = single
+    text = (out / "metrics.md").read_text(encoding="utf-8")
+    assert text == result["markdown"]
+    data = strict_json(out / "metrics.json")
+    for s in data["slices"]:
+        low, high = s["ci"]["weighted_f1"]
+        cell = f"{s['weighted_f1']:.3f} [{low:.3f}, {high:.3f}]"
+        assert f"| {s['language']} | {s['modality']} | {s['gender']} | {s['n']} | " in text
+        assert cell in text
+    assert f"unknown gender: {data['fairness']['n_unknown_gender']} rows" in text
+    for f in FAIRNESS_FIGURES:
+        assert f"| {f} | {data['fairness'][f]:.3f} [" in text
+
+
+# ------------------------------------------------------------------------------------ plots
+def _check_png(path: Path, min_size=(500, 300)) -> None:
+    assert path.is_file() and path.stat().st_size > 15_000, path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.size[0] >= min_size[0] and img.size[1] >= min_size[1]
+        pixels = np.asarray(img.convert("L"), dtype=np.float64)
+    assert pixels.std() > 10  # not a blank canvas
+
+
+def test_plots_are_valid_pngs(single, pair):
+    out, result = single
+    for name in ("slices.png", "gap_heatmap.png", "confusion_by_gender.png"):
+        _check_png(out / "plots" / name)
+        assert str(out / "plots" / name) in result["files"]
+    two, _ = pair
+    for name in ("comparison_slices.png", "comparison_gaps.png"):
+        _check_png(two / "plots" / name)
+    for run in ("ERM", "MinMaxGAP"):
+        _check_png(two / run / "plots" / "gap_heatmap.png")
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_confusion_counts_per_gender(tables):
+    pred = read_predictions(tables["erm"])
+    matrices = report_plots.confusion_by_gender(pred)
+    assert list(matrices) == ["female", "male", "unknown"]
+    genders = pred.column("gender")
+    for g, counts in matrices.items():
+        rows = genders == g
+        expected = pd.crosstab(pd.Categorical(pred.labels[rows], categories=range(7)),
+                               pd.Categorical(pred.predictions[rows], categories=range(7)), dropna=False).to_numpy()
+        np.testing.assert_array_equal(counts, expected)
+
+
+def test_multilabel_table_reports(tmp_path):
+    rng = np.random.default_rng(5)
+    n, k = 120, len(CREMA_D.classes)
+    soft = rng.dirichlet(np.full(k, 0.3), n)
+    probs = rng.dirichlet(np.ones(k), n)
+    write_predictions(tmp_path / "ml.csv", ids=[f"u{i}" for i in range(n)], split="test", language="eng",
+                      modality=np.where(np.arange(n) % 2 == 0, "audio", "audio_text"),
+                      gender=np.where(np.arange(n) % 3 == 0, "female", "male"), speaker=[f"s{i % 10}" for i in range(n)],
+                      classes=CREMA_D, probs=probs, labels=soft)
+    result = write_report([tmp_path / "ml.csv"], tmp_path / "out", n_resamples=0)
+    data = strict_json(tmp_path / "out" / "metrics.json")
+    assert data["label_space"]["multilabel"] is True
+    assert data["slices"][0]["ci"]["accuracy"] == [None, None]
+    assert "No bootstrap intervals" in result["markdown"]
+    pred = read_predictions(tmp_path / "ml.csv")
+    matrices = report_plots.confusion_by_gender(pred)
+    majority = soft.max(axis=1) > 0.5
+    assert sum(int(m.sum()) for m in matrices.values()) == majority.sum()
+    _check_png(tmp_path / "out" / "plots" / "confusion_by_gender.png", (400, 250))
+
+
+# ------------------------------------------------------------------------------- comparison
+def test_comparison_deltas_equal_differences_of_the_runs(pair):
+    out, result = pair
+    runs = {name: strict_json(out / name / "metrics.json") for name in ("ERM", "MinMaxGAP")}
+    frame = pd.read_csv(out / "comparison.csv", keep_default_na=False, na_values=[""])
+    a, b = runs["ERM"], runs["MinMaxGAP"]
+    overall = frame[frame["section"] == "overall"].set_index("figure")
+    for m in HEADLINE_METRICS:
+        assert overall.loc[m, "value_ERM"] == a["overall"][m]
+        assert overall.loc[m, "delta_MinMaxGAP"] == pytest.approx(b["overall"][m] - a["overall"][m], abs=1e-12)
+        assert overall.loc[m, "gain_MinMaxGAP"] == pytest.approx((b["overall"][m] - a["overall"][m]) / a["overall"][m], abs=1e-12)
+    fair = frame[frame["section"] == "fairness"].set_index("figure")
+    for f in FAIRNESS_FIGURES:
+        assert fair.loc[f, "delta_MinMaxGAP"] == pytest.approx(b["fairness"][f] - a["fairness"][f], abs=1e-12)
+        # a gap that shrinks is a positive gain: (ref − M) / ref
+        assert fair.loc[f, "gain_MinMaxGAP"] == pytest.approx((a["fairness"][f] - b["fairness"][f]) / a["fairness"][f], abs=1e-12)
+        assert fair.loc[f, "gain_MinMaxGAP"] == pytest.approx(gain(f, b["fairness"][f], a["fairness"][f]), abs=1e-12)
+    slices = frame[frame["section"] == "slice"].set_index(["language", "modality", "gender", "figure"])
+    for s in a["slices"]:
+        t = next(x for x in b["slices"] if (x["language"], x["modality"], x["gender"]) == (s["language"], s["modality"], s["gender"]))
+        for m in HEADLINE_METRICS:
+            row = slices.loc[(s["language"], s["modality"], s["gender"], m)]
+            assert (row["value_ERM"], row["value_MinMaxGAP"]) == (s[m], t[m])
+            assert row["delta_MinMaxGAP"] == pytest.approx(t[m] - s[m], abs=1e-12)
+            assert [row["low_MinMaxGAP"], row["high_MinMaxGAP"]] == t["ci"][m]
+    gaps = frame[frame["section"] == "gap"].set_index(["language", "modality", "figure"])
+    for g in a["gaps"]:
+        h = next(x for x in b["gaps"] if (x["language"], x["modality"], x["metric"]) == (g["language"], g["modality"], g["metric"]))
+        row = gaps.loc[(g["language"], g["modality"], f"{g['metric']}_gap")]
+        assert row["delta_MinMaxGAP"] == pytest.approx(h["gap"] - g["gap"], abs=1e-12)
+        signed = gaps.loc[(g["language"], g["modality"], f"{g['metric']}_male_minus_female")]
+        assert signed["delta_MinMaxGAP"] == pytest.approx(h["male_minus_female"] - g["male_minus_female"], abs=1e-12)
+        assert np.isnan(signed["gain_MinMaxGAP"])
+    # the JSON holds the same rows
+    doc = strict_json(out / "comparison.json")
+    assert doc["reference"] == "ERM" and [r["name"] for r in doc["runs"]] == ["ERM", "MinMaxGAP"]
+    assert len(doc["rows"]) == len(frame)
+    first = doc["rows"][0]
+    assert first["section"] == "overall" and first["delta_MinMaxGAP"] == pytest.approx(overall.iloc[0]["delta_MinMaxGAP"])
+    # the Markdown shows the IDI-style rows and is what the CLI prints
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    assert text == result["markdown"]
+    assert "| Δ MinMaxGAP |" in text and "| gain MinMaxGAP |" in text
+    tpr_gain = fair.loc["tpr_gap_rms", "gain_MinMaxGAP"]
+    assert f"{100 * tpr_gain:+.1f} %" in text
+
+
+def test_different_label_spaces_are_refused(tables, tmp_path):
+    other = tmp_path / "crema.csv"
+    make_predictions(other, seed=2, n_utterances=60, classes=CREMA_D.classes)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="different label spaces") as exc:
+        write_report([tables["erm"], other], out, n_resamples=0, plots=False)
+    assert str(tables["erm"]) in str(exc.value) and str(other) in str(exc.value)
+    assert not out.exists()
+
+
+def test_failure_leaves_existing_metrics_json_untouched(tables, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write_report([tables["erm"]], out, n_resamples=0, plots=False)
+    before = (out / "metrics.json").read_bytes()
+    (out / "notes.txt").write_text("kept")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("disk full while plotting")
+
+    monkeypatch.setattr(report_plots, "plot_confusion_by_gender", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report([tables["minmaxgap"]], out, n_resamples=0, plots=True)
+    assert (out / "metrics.json").read_bytes() == before
+    monkeypatch.undo()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,split\nu1,test\n")
+    with pytest.raises(DataError, match="missing column"):
+        write_report([bad], out, n_resamples=0, plots=False)
+    assert (out / "metrics.json").read_bytes() == before
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".metrics.json.*"))
+    # an existing directory is reused: files replaced, other files kept
+    write_report([tables["minmaxgap"]], out, n_resamples=0, plots=False)
+    assert strict_json(out / "metrics.json")["run"]["name"] == "minmaxgap"
+    assert (out / "notes.txt").read_text() == "kept"
+
+
+def test_run_names_are_unique_and_safe():
+    assert run_names(["a/x.csv", "b/x.csv", "c/x.csv"]) == ["x", "x-2", "x-3"]
+    assert run_names(["plots.csv"]) == ["plots-2"]
+    assert run_names(["a.csv", "b.csv"], ["ERM", "Min Max/GAP"]) == ["ERM", "Min_Max_GAP"]
+    with pytest.raises(ConfigError, match="2 predictions file"):
+        run_names(["a.csv", "b.csv"], ["only"])
+    with pytest.raises(ConfigError, match="empty"):
+        run_names(["a.csv"], [".."])
+
+
+def test_bad_options_are_config_errors(tables, tmp_path):
+    with pytest.raises(ConfigError, match="unit"):
+        write_report([tables["erm"]], tmp_path, unit="rater")
+    with pytest.raises(ConfigError, match="non-negative"):
+        write_report([tables["erm"]], tmp_path, n_resamples=-1)
+    with pytest.raises(ConfigError, match="at least one"):
+        write_report([], tmp_path)
+
+
+# ------------------------------------------------------------------------------------- CLI
+def test_cli_report_writes_files_and_prints_markdown(tables, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["report", str(tables["erm"]), str(tables["minmaxgap"]), "--out", str(out), "--names", "ERM,MMG",
+                 "--n-resamples", "50", "--seed", "1", "--unit", "speaker", "--no-plots"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Comparison of 2 runs (reference: ERM)")
+    for path in ("comparison.md", "comparison.csv", "comparison.json", "ERM/metrics.json", "MMG/slices.csv", "MMG/gaps.csv"):
+        assert (out / path).is_file(), path
+    assert not (out / "plots").exists()
+    data = strict_json(out / "MMG" / "metrics.json")
+    assert data["bootstrap"] == {**data["bootstrap"], "unit": "speaker", "n_resamples": 50, "seed": 1}
+
+
+def test_cli_missing_file_is_a_one_line_error(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "llmfair.cli", "report", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1
+    assert run.stderr.startswith("llmfair: error:") and run.stderr.strip().count("\n") == 0
+    assert "nope.csv" in run.stderr
+    assert not (tmp_path / "o").exists()
