@@ -83,19 +83,105 @@ def cmd_data_imbalance(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- train
+def _load_run_config(path: str, overrides: list[str]):
+    from llmfair.training.config import RunConfig, parse_override
+
+    return RunConfig.from_yaml(path, dict(parse_override(s) for s in overrides))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from llmfair.speechllm.run import train
+
+    manifest = train(_load_run_config(args.config, args.set), args.out, resume=args.resume, overwrite=args.overwrite)
+    print(f"run in {args.out}: {manifest['global_steps']} steps, adapter in {Path(args.out) / 'adapter'}")
+    for split, path in manifest["predictions"].items():
+        print(f"predictions ({split}): {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from llmfair.speechllm.run import predict
+
+    path = predict(args.run_dir, args.split, args.out, batch_size=args.batch_size)
+    print(f"predictions ({args.split}): {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- demo
+DEMO_OBJECTIVES = ("erm", "minmaxgap")
+
+
+def demo_table(prediction_paths: dict[str, Path], majority_class: str) -> str:
+    """Weighted F1 and accuracy per language × gender, the runs side by side, with the male −
+    female gap per language and the majority-class baseline."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from llmfair.metrics import SliceMetrics
+    from llmfair.predictions import read_predictions
+
+    frames = {}
+    baseline = None
+    for name, path in prediction_paths.items():
+        pred = read_predictions(path)
+        table = SliceMetrics.from_predictions(pred, by=("language", "gender")).table(("accuracy", "weighted_f1"))
+        overall = SliceMetrics.from_predictions(pred, by=("split",)).table(("accuracy", "weighted_f1"))
+        table = table.assign(language=table["language"], gender=table["gender"])
+        frames[name] = (table, overall)
+        if baseline is None:
+            labels = pred.labels
+            constant = np.full_like(labels, list(pred.classes).index(majority_class))
+            baseline = f1_score(labels, constant, average="weighted", labels=np.arange(len(pred.classes)), zero_division=0)
+    names = list(frames)
+    lines = [f"{'language':<9}{'gender':<9}{'n':>5}" + "".join(f"{n + ' W-F1':>16}{n + ' acc':>15}" for n in names)
+             + (f"{'Δ W-F1':>9}" if len(names) == 2 else "")]
+    first = frames[names[0]][0]
+    for i, row in first.iterrows():
+        values = [frames[n][0].iloc[i] for n in names]
+        cells = "".join(f"{v['weighted_f1']:>16.3f}{v['accuracy']:>15.3f}" for v in values)
+        delta = f"{values[1]['weighted_f1'] - values[0]['weighted_f1']:>+9.3f}" if len(names) == 2 else ""
+        lines.append(f"{row['language']:<9}{row['gender']:<9}{int(row['n']):>5}{cells}{delta}")
+    lines.append("")
+    for lang in sorted(first["language"].unique()):
+        gaps = []
+        for n in names:
+            t = frames[n][0]
+            f = t[(t["language"] == lang) & (t["gender"] == "female")]["weighted_f1"]
+            m = t[(t["language"] == lang) & (t["gender"] == "male")]["weighted_f1"]
+            gaps.append(float(m.iloc[0] - f.iloc[0]) if len(f) and len(m) else float("nan"))
+        lines.append(f"male − female W-F1 gap, {lang}: " + ", ".join(f"{n} {g:+.3f}" for n, g in zip(names, gaps)))
+    overall = ", ".join(f"{n} {frames[n][1]['weighted_f1'].iloc[0]:.3f}" for n in names)
+    lines.append(f"overall weighted F1: {overall}; majority-class baseline ({majority_class}) {baseline:.3f}")
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from llmfair.data.labels import MELD
-    from llmfair.data.meld_st import read_meld_st
-    from llmfair.data.stats import corpus_stats, format_stats
-    from llmfair.data.synth import SynthConfig, generate_corpus
+    import time
+    from importlib import resources
+
+    from llmfair.report import write_report
+    from llmfair.speechllm.run import train
+    from llmfair.training.config import RunConfig
 
     out = Path(args.out)
-    corpus = out / "corpus"
-    generate_corpus(corpus, SynthConfig(seed=args.seed))
-    examples = read_meld_st(corpus, modalities=("audio", "audio_text"))
-    print(format_stats(corpus_stats(examples, MELD)))
-    print(f"\nbuilt-in corpus in {corpus}")
+    with resources.as_file(resources.files("llmfair") / "resources" / "demo_tiny.yaml") as path:
+        base = RunConfig.from_yaml(path, {"data.root": str(out / "corpus"), "data.synth_seed": args.seed,
+                                          "training.seed": args.seed,
+                                          **({"training.num_train_epochs": args.epochs} if args.epochs else {})})
+    paths = {}
+    for name in DEMO_OBJECTIVES:
+        started = time.time()
+        config = RunConfig.from_mapping({**base.to_dict(), "objective": {
+            "name": name, "sampler": "group_covering" if name == "minmaxgap" else "random",
+            "options": {"weight": "ratio", "lambda_init": 1.0} if name == "minmaxgap" else {}}}, source=base.source)
+        manifest = train(config, out / name, overwrite=True, predict_splits=["test"])
+        paths[name] = Path(manifest["predictions"]["test"])
+        print(f"[{name}] trained {manifest['global_steps']} steps in {time.time() - started:.0f} s", flush=True)
+    write_report(list(paths.values()), out / "report", names=list(paths), n_resamples=args.n_resamples, seed=args.seed)
+    print()
+    print(demo_table(paths, majority_class="neutral"))
+    print(f"\nreports, plots and model runs in {out} (comparison: {out / 'report' / 'comparison.md'})")
     return 0
 
 
@@ -161,9 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     report.set_defaults(func=cmd_report)
 
-    demo = sub.add_parser("demo", help="the end-to-end demo on the built-in corpus")
+    train = sub.add_parser("train", help="LoRA-tune a speech LLM with an objective (recipe YAML)")
+    train.add_argument("config", help="recipe YAML, e.g. recipes/configs/demo_tiny.yaml")
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a recipe value (YAML syntax); repeatable")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    train.set_defaults(func=cmd_train)
+
+    predict = sub.add_parser("predict", help="write the predictions table of a finished run")
+    predict.add_argument("run_dir", help="a run directory written by `llmfair train`")
+    predict.add_argument("--split", default="test", help="train, dev or test (default test)")
+    predict.add_argument("--out", default=None, help="CSV path (default RUN_DIR/predictions_SPLIT.csv)")
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.set_defaults(func=cmd_predict)
+
+    demo = sub.add_parser("demo", help="built-in corpus → tiny Qwen2-Audio with erm and minmaxgap → comparison")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=float, default=None, help="override the demo recipe's epochs")
+    demo.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples in the report")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,0 +1,255 @@
+"""One speech-LLM run, end to end: corpus → Examples → groups → model + LoRA → FairTrainer →
+adapter, predictions table and manifest in the run directory.
+
+Run directory layout::
+
+    RUN/config.yaml            the resolved recipe
+    RUN/checkpoints/           Trainer checkpoints (adapter + optimizer + objective state)
+    RUN/adapter/               the final peft adapter (what `llmfair export` publishes)
+    RUN/predictions_<split>.csv
+    RUN/manifest.json          config, seed, git commit, versions, LoRA targets, peak memory, timings
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from llmfair._atomic import write_text
+from llmfair.data.example import Example
+from llmfair.data.labels import MELD
+from llmfair.errors import ConfigError, DataError
+from llmfair.objectives import GroupSpec, TrainingStats, build_objective
+from llmfair.training.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+ADAPTER_DIR = "adapter"
+
+
+# ------------------------------------------------------------------------------------ data
+def load_examples(config: RunConfig) -> dict[str, list[Example]]:
+    """The run's splits as Examples (generating the built-in corpus first when asked)."""
+    from llmfair.data.meld_st import read_meld_st
+
+    data = config.data
+    if not data.root:
+        raise ConfigError(f"{config.source} [data]: 'root' (the MELD-ST directory) is required")
+    if data.synth_seed is not None:
+        from llmfair.data.synth import SynthConfig, generate_corpus
+        from llmfair.options import dataclass_from_mapping
+
+        synth = dataclass_from_mapping(SynthConfig, {**data.synth_options, "seed": data.synth_seed},
+                                       source=f"{config.source} [data.synth_options]")
+        generate_corpus(data.root, synth)
+    splits = list(dict.fromkeys([data.train_split, data.eval_split, data.predict_split]))
+    examples = read_meld_st(data.root, splits=splits, languages=data.languages, modalities=data.modalities,
+                            path_template=data.path_template, gender_table=data.gender_table)
+    by_split = {s: [e for e in examples if e.split == s] for s in splits}
+    if data.max_train_examples is not None and len(by_split[data.train_split]) > data.max_train_examples:
+        rng = np.random.default_rng(int(config.training.get("seed", 42)))
+        keep = np.sort(rng.choice(len(by_split[data.train_split]), data.max_train_examples, replace=False))
+        by_split[data.train_split] = [by_split[data.train_split][i] for i in keep]
+    for split, rows in by_split.items():
+        if not rows:
+            raise DataError(f"split {split!r} of {data.root} is empty for languages {data.languages} "
+                            f"and modalities {data.modalities}")
+    return by_split
+
+
+def to_records(examples: Sequence[Example], spec: GroupSpec, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Collator records: audio path, text, slice keys, label, group id, dataset index."""
+    index = {g: i for i, g in enumerate(spec.groups)}
+    return [{
+        "audio": e.audio, "text": e.text, "language": e.language, "modality": e.modality, "emotion": e.emotion,
+        "group_ids": index[tuple(str(getattr(e, k)) for k in keys)], "sample_index": i, "example_ids": e.id,
+    } for i, e in enumerate(examples)]
+
+
+# ------------------------------------------------------------------------------------ model
+def build_classifier(config: RunConfig, *, adapter: str | Path | None = None, trainable: bool = True):
+    """(classifier, processor, collator, lora target names) for ``config``; with ``adapter`` the
+    trained adapter is loaded instead of fresh LoRA weights."""
+    from llmfair.options import dataclass_from_mapping
+    from llmfair.speechllm.classifier import SpeechLLMClassifier
+    from llmfair.speechllm.collator import SpeechLLMCollator
+    from llmfair.speechllm.encoder_cache import EncoderCache
+    from llmfair.speechllm.loading import load_speech_llm
+    from llmfair.speechllm.lora import LoraOptions, apply_lora, lora_module_names
+    from llmfair.speechllm.prompts import PromptTemplate
+    from llmfair.speechllm.tiny import default_cache_dir
+    from llmfair.speechllm.verbalizer import Verbalizer
+
+    m = config.model
+    model, processor = load_speech_llm(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
+                                       gradient_checkpointing=m.gradient_checkpointing, quantization=m.quantization)
+    lora = dataclass_from_mapping(LoraOptions, config.lora, source=f"{config.source} [lora]")
+    if adapter is None:
+        model, targets = apply_lora(model, lora)
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        targets = lora_module_names(model)
+    verbalizer = Verbalizer(MELD.classes, processor.tokenizer, words=config.verbalizer.get("words"))
+    template = PromptTemplate.from_dict(config.prompts, source=f"{config.source} [prompts]")
+    answer_loss = config.verbalizer.get("answer_loss", "verbalizer")
+    cache = None
+    tower_frozen = not any(p.requires_grad for n, p in model.named_parameters() if "audio_tower" in n)
+    if config.encoder_cache and tower_frozen:
+        cache = EncoderCache.for_model(default_cache_dir() / "encoder", model, processor, in_memory=True)
+    classifier = SpeechLLMClassifier(model, verbalizer, answer_loss=answer_loss, encoder_cache=cache)
+    collator = SpeechLLMCollator(processor, template, verbalizer, answer_loss=answer_loss)
+    return classifier, processor, collator, targets
+
+
+def _training_arguments(config: RunConfig, run_dir: Path):
+    from llmfair.options import dataclass_from_mapping
+    from llmfair.training import FairTrainingArguments
+
+    defaults = {
+        "output_dir": str(run_dir / "checkpoints"),
+        "report_to": ["tensorboard"], "ddp_find_unused_parameters": False, "save_strategy": "epoch",
+        "save_total_limit": 2, "logging_steps": 10, "remove_unused_columns": False,
+        "use_cpu": not torch.cuda.is_available(), "dataloader_num_workers": 0,
+    }
+    values = {**defaults, **config.training}
+    for key in ("output_dir",):
+        if key in config.training:
+            raise ConfigError(f"{config.source} [training]: {key!r} is set by llmfair from the run directory")
+    deepspeed = values.pop("deepspeed", None)
+    args = dataclass_from_mapping(FairTrainingArguments, values, source=f"{config.source} [training]")
+    if deepspeed:
+        # DeepSpeed's own parser rejects "auto": fill the Trainer-owned values from these arguments
+        from llmfair.training.deepspeed import deepspeed_config_for
+
+        values["deepspeed"] = deepspeed_config_for(deepspeed, args)
+        args = dataclass_from_mapping(FairTrainingArguments, values, source=f"{config.source} [training]")
+    return args
+
+
+# ------------------------------------------------------------------------------------ train
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False, overwrite: bool = False,
+          predict_splits: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train one run and write adapter, predictions and manifest into ``run_dir``."""
+    from llmfair.training import FairTrainer, GroupCoveringSampler
+    from llmfair.training.manifest import write_manifest
+
+    run_dir = Path(run_dir)
+    if (run_dir / ADAPTER_DIR).exists() and not (resume or overwrite):
+        raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite to replace it or --resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+    started = time.time()
+
+    splits = load_examples(config)
+    train_examples = splits[config.data.train_split]
+    keys = list(config.objective.group_keys)
+    all_examples = [e for rows in splits.values() for e in rows]
+    spec, _ = GroupSpec.from_records([{k: getattr(e, k) for k in keys} for e in all_examples], keys)
+    records = to_records(train_examples, spec, keys)
+    group_ids = np.array([r["group_ids"] for r in records])
+    stats = TrainingStats.from_arrays(group_ids, np.array([e.emotion for e in train_examples]),
+                                      spec.num_groups, MELD.num_classes)
+
+    args = _training_arguments(config, run_dir)
+    torch.manual_seed(args.seed)
+    classifier, processor, collator, targets = build_classifier(config)
+    objective = build_objective(config.objective.name, spec, config.objective.options,
+                                source=f"{config.source} [objective.options]")
+    objective.setup(stats)
+    if hasattr(objective, "single_gender_cells"):
+        lonely = objective.single_gender_cells(stats.group_counts)
+        if lonely:
+            logger.warning("cells with one gender only in the training set (no gap can be measured there): %s",
+                           ", ".join(lonely))
+    sampler = None
+    if config.objective.sampler == "group_covering":
+        cells = ["/".join(str(getattr(e, k)) for k in ("language", "modality")) for e in train_examples]
+        sampler = GroupCoveringSampler(cells, [e.gender for e in train_examples],
+                                       args.per_device_train_batch_size, seed=args.seed)
+
+    trainer = FairTrainer(model=classifier, args=args, train_dataset=records, data_collator=collator,
+                          objective=objective, train_sampler=sampler)
+    if resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(args.output_dir) or False
+        if not resume:
+            raise ConfigError(f"--resume: no checkpoint in {args.output_dir}")
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    classifier.save_trainable(run_dir / ADAPTER_DIR)
+    train_seconds = time.time() - started
+
+    outputs = {}
+    for split in predict_splits if predict_splits is not None else [config.data.eval_split, config.data.predict_split]:
+        outputs[split] = str(predict_examples(classifier, collator, splits[split], run_dir / f"predictions_{split}.csv",
+                                              batch_size=args.per_device_eval_batch_size, objective=objective))
+    cache = classifier.encoder_cache
+    manifest = write_manifest(
+        run_dir, config=config.to_dict(), seed=args.seed, lora_target_modules=targets,
+        objective={"name": objective.name, "reconstructed": objective.reconstructed},
+        group_spec={"keys": list(spec.keys), "groups": ["/".join(g) for g in spec.groups]},
+        train_examples=len(train_examples), global_steps=result.global_step,
+        train_loss=result.training_loss, seconds={"train_and_setup": train_seconds,
+                                                  "total": time.time() - started},
+        encoder_cache=None if cache is None else {"hits": cache.hits, "misses": cache.misses},
+        audio_truncated=collator.num_truncated, predictions=outputs,
+    )
+    return manifest
+
+
+# ------------------------------------------------------------------------------------ predict
+@torch.no_grad()
+def predict_examples(classifier, collator, examples: Sequence[Example], out_path: str | Path, *,
+                     batch_size: int = 8, objective=None) -> Path:
+    """Score ``examples`` and write the predictions table (probabilities from the class logits)."""
+    from llmfair.predictions import write_predictions
+
+    was_training = classifier.training
+    classifier.eval()
+    records = [{"audio": e.audio, "text": e.text, "language": e.language, "modality": e.modality,
+                "emotion": e.emotion} for e in examples]
+    probs = []
+    device = next(classifier.parameters()).device
+    for start in range(0, len(records), batch_size):
+        batch = collator(records[start:start + batch_size])
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        outputs = classifier(**batch)
+        logits = objective.predict_logits(outputs) if objective is not None else outputs["logits"]
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    classifier.train(was_training)
+    probs_array = np.concatenate(probs).astype(np.float64)
+    probs_array /= probs_array.sum(axis=1, keepdims=True)
+    write_predictions(
+        out_path, ids=[e.id for e in examples], split=[e.split for e in examples],
+        language=[e.language for e in examples], modality=[e.modality for e in examples],
+        gender=[e.gender for e in examples], speaker=[e.speaker for e in examples], classes=MELD.classes,
+        probs=probs_array, labels=np.array([e.emotion for e in examples]),
+    )
+    return Path(out_path)
+
+
+def predict(run_dir: str | Path, split: str = "test", out: str | Path | None = None, *,
+            batch_size: int = 8) -> Path:
+    """Predictions of a finished run on ``split`` (the run's adapter on a fresh base model)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / ADAPTER_DIR).is_dir():
+        raise ConfigError(f"{run_dir} is not a finished llmfair run (needs {CONFIG_FILE} and {ADAPTER_DIR}/)")
+    config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
+    config.data.synth_seed = None  # the corpus exists already
+    original = (config.data.train_split, config.data.eval_split, config.data.predict_split)
+    config.data.train_split = config.data.eval_split = config.data.predict_split = split
+    try:
+        examples = load_examples(config)[split]
+    finally:
+        config.data.train_split, config.data.eval_split, config.data.predict_split = original
+    classifier, _, collator, _ = build_classifier(config, adapter=run_dir / ADAPTER_DIR, trainable=False)
+    return predict_examples(classifier, collator, examples, out or run_dir / f"predictions_{split}.csv",
+                            batch_size=batch_size)
