@@ -1,0 +1,177 @@
+"""Prompt templates: one instruction per (language, modality), rendered in the Qwen2-Audio-Instruct
+chat format.
+
+The rendered text is the same for the tiny test model and for ``Qwen/Qwen2-Audio-7B-Instruct``::
+
+    <|im_start|>system
+    You are a helpful assistant.<|im_end|>
+    <|im_start|>user
+    Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>
+    {instruction}{transcript part}<|im_end|>
+    <|im_start|>assistant
+    {answer}
+
+This is what the processor's default chat template
+(``Qwen2AudioProcessor.default_chat_template``, transformers 5.23.0) renders for a system turn, a
+user turn holding one audio and one text item, and ``add_generation_prompt=True``. The answer (the
+label word) follows the final newline, so its first token is tokenised with no leading space; the
+verbalizer reads its logits at the last prompt position.
+
+The single ``<|AUDIO|>`` placeholder is expanded by the processor to one token per encoder frame
+(25 per second of audio; QWEN2AUDIO.md §1). ``{labels}`` in an instruction is replaced by the label
+words joined by ", " so that an instruction-tuned model knows the answer vocabulary; the
+``audio_text`` modality appends the transcript in the audio's language (``{text}``).
+
+Templates are overridable from a mapping as it comes from YAML::
+
+    system: You are a helpful assistant.
+    instructions:
+      eng: {audio: "...", audio_text: "..."}
+    transcript:
+      deu: '\\nTranskript: "{text}"'
+
+Keys not given keep their defaults; an unknown language, modality or key raises ConfigError.
+Fix one template per recipe and record it in the run manifest (``PromptTemplate.to_dict``):
+Qwen-family models are sensitive to prompt wording and position (QWEN2AUDIO.md §13).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from llmfair.data.labels import LANGUAGES, MODALITIES
+from llmfair.errors import ConfigError
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+AUDIO_PLACEHOLDER = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+
+DEFAULT_INSTRUCTIONS: dict[str, dict[str, str]] = {
+    "eng": {
+        "audio": "What emotion does the speaker express? Answer with one word from: {labels}.",
+        "audio_text": "What emotion does the speaker express? Use the speech and its transcript. "
+                      "Answer with one word from: {labels}.",
+    },
+    "deu": {
+        "audio": "Welche Emotion drückt die sprechende Person aus? Antworte mit einem Wort aus: {labels}.",
+        "audio_text": "Welche Emotion drückt die sprechende Person aus? Nutze die Sprache und das Transkript. "
+                      "Antworte mit einem Wort aus: {labels}.",
+    },
+    "jpn": {
+        "audio": "話者はどの感情を表していますか。次の中から一語で答えてください：{labels}。",
+        "audio_text": "話者はどの感情を表していますか。音声と書き起こしを使ってください。"
+                      "次の中から一語で答えてください：{labels}。",
+    },
+}
+"""Instruction per language and modality; ``{labels}`` is filled with the label words."""
+
+DEFAULT_TRANSCRIPT: dict[str, str] = {
+    "eng": '\nTranscript: "{text}"',
+    "deu": '\nTranskript: "{text}"',
+    "jpn": "\n書き起こし：「{text}」",
+}
+"""Transcript part per language, appended to the instruction for modality ``audio_text``."""
+
+_TEMPLATE_KEYS = ("system", "instructions", "transcript")
+
+
+def _copy_defaults() -> dict[str, dict[str, str]]:
+    return {lang: dict(per) for lang, per in DEFAULT_INSTRUCTIONS.items()}
+
+
+@dataclass
+class PromptTemplate:
+    """Instructions per (language, modality) plus the system prompt and transcript format.
+
+    Attributes:
+        instructions: ``{language: {modality: instruction}}``; ``{labels}`` is optional.
+        transcript: ``{language: format}`` with a ``{text}`` field, for modality ``audio_text``.
+        system: the system prompt (Qwen2-Audio-Instruct's default).
+    """
+
+    instructions: dict[str, dict[str, str]] = field(default_factory=_copy_defaults)
+    transcript: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TRANSCRIPT))
+    system: str = SYSTEM_PROMPT
+
+    def __post_init__(self) -> None:
+        for lang, per in self.instructions.items():
+            _check_language(lang, "instructions")
+            if not isinstance(per, Mapping):
+                raise ConfigError(f"prompt instructions for language {lang!r} must map modality -> text, got {per!r}")
+            for modality, text in per.items():
+                if modality not in MODALITIES:
+                    raise ConfigError(
+                        f"prompt instructions: unknown modality {modality!r} for language {lang!r}; "
+                        f"expected one of {list(MODALITIES)}")
+                if not isinstance(text, str):
+                    raise ConfigError(f"prompt instruction ({lang!r}, {modality!r}) must be a string, got {text!r}")
+        for lang, fmt in self.transcript.items():
+            _check_language(lang, "transcript")
+            if not isinstance(fmt, str) or "{text}" not in fmt:
+                raise ConfigError(f"prompt transcript format for language {lang!r} must contain '{{text}}', got {fmt!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, *, source: str = "prompts") -> "PromptTemplate":
+        """Defaults overridden by ``values`` (as read from YAML); unknown keys raise ConfigError."""
+        values = dict(values or {})
+        unknown = sorted(k for k in values if k not in _TEMPLATE_KEYS)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {list(_TEMPLATE_KEYS)}")
+        instructions = _copy_defaults()
+        given = values.get("instructions") or {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{source}.instructions must map language -> modality -> text, got {given!r}")
+        for lang, per in given.items():
+            _check_language(lang, f"{source}.instructions")
+            if not isinstance(per, Mapping):
+                raise ConfigError(f"{source}.instructions.{lang} must map modality -> text, got {per!r}")
+            instructions.setdefault(lang, {}).update(per)
+        transcript = dict(DEFAULT_TRANSCRIPT)
+        given_t = values.get("transcript") or {}
+        if not isinstance(given_t, Mapping):
+            raise ConfigError(f"{source}.transcript must map language -> format, got {given_t!r}")
+        transcript.update(given_t)
+        return cls(instructions=instructions, transcript=transcript, system=values.get("system", SYSTEM_PROMPT))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full template (for run manifests)."""
+        return {"system": self.system, "instructions": {k: dict(v) for k, v in self.instructions.items()},
+                "transcript": dict(self.transcript)}
+
+    def instruction(self, language: str, modality: str) -> str:
+        """The raw instruction for (language, modality); ConfigError names a missing key."""
+        _check_language(language, "prompt")
+        if modality not in MODALITIES:
+            raise ConfigError(f"prompt: unknown modality {modality!r}; expected one of {list(MODALITIES)}")
+        try:
+            return self.instructions[language][modality]
+        except KeyError:
+            raise ConfigError(f"prompt template has no instruction for language {language!r}, "
+                              f"modality {modality!r}") from None
+
+    def render(self, language: str, modality: str, text: str = "", labels: Sequence[str] = ()) -> str:
+        """The full prompt up to and including ``<|im_start|>assistant\\n``.
+
+        ``text`` (the transcript) is used only for modality ``audio_text``; ``labels`` fills
+        ``{labels}`` in the instruction.
+        """
+        instruction = self.instruction(language, modality).replace("{labels}", ", ".join(labels))
+        transcript = ""
+        if modality == "audio_text":
+            if language not in self.transcript:
+                raise ConfigError(f"prompt template has no transcript format for language {language!r}")
+            transcript = self.transcript[language].replace("{text}", text)
+        return (f"<|im_start|>system\n{self.system}<|im_end|>\n<|im_start|>user\n{AUDIO_PLACEHOLDER}"
+                f"{instruction}{transcript}<|im_end|>\n<|im_start|>assistant\n")
+
+    def words(self) -> list[str]:
+        """Every instruction, transcript format and the system prompt (for building a tokenizer)."""
+        out = [self.system, AUDIO_PLACEHOLDER]
+        for per in self.instructions.values():
+            out.extend(per.values())
+        out.extend(self.transcript.values())
+        return out
+
+
+def _check_language(language: str, where: str) -> None:
+    if language not in LANGUAGES:
+        raise ConfigError(f"{where}: unknown language {language!r}; expected one of {list(LANGUAGES)}")
