@@ -108,6 +108,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from llmfair.speechllm.export import export_run
+
+    out = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite, n_resamples=args.n_resamples)
+    print(f"peft adapter{' + merged checkpoint' if args.merge else ''} and model card in {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- demo
 DEMO_OBJECTIVES = ("erm", "minmaxgap")
 
@@ -262,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default=None, help="CSV path (default RUN_DIR/predictions_SPLIT.csv)")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="publish a run: peft adapter, optional merged checkpoint, model card")
+    export.add_argument("run_dir", help="a run directory written by `llmfair train`")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--merge", action="store_true", help="also write the adapter merged into the base weights")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the card's results")
+    export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="built-in corpus → tiny Qwen2-Audio with erm and minmaxgap → comparison")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
