@@ -94,7 +94,7 @@ def test_ratio_and_dual_weights() -> None:
     loss = per_sample(theta)
     ratio = build_objective("minmaxgap", spec, {"weight": "ratio", "lambda_init": 2.0})
     out = ratio(ObjectiveInputs(loss, ids))
-    assert out.figures["lambda"] == pytest.approx(2.0 * out.figures["max_gap"] / float(loss.mean()), rel=1e-6)
+    assert out.figures["lambda"] == pytest.approx(2.0 * out.figures["max_gap"] / float(loss.mean().detach()), rel=1e-6)
 
     dual = build_objective("minmaxgap", spec, {"weight": "dual", "lambda_init": 0.1, "dual_lr": 0.5, "dual_target": 0.05})
     first = dual(ObjectiveInputs(loss, ids))
@@ -158,7 +158,7 @@ def test_single_gender_cells_reported() -> None:
 
 def test_registry_errors() -> None:
     spec = make_spec()
-    with pytest.raises(ConfigError, match=r"unknown objective 'nope'; registered: \['erm', 'minmaxgap'"):
+    with pytest.raises(ConfigError, match=r"unknown objective 'nope'; registered: \[.*'erm'.*'minmaxgap'"):
         build_objective("nope", spec)
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lamda'\]"):
         build_objective("minmaxgap", spec, {"lamda": 1.0})

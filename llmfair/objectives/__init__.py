@@ -15,6 +15,10 @@ from llmfair.objectives.base import (
 )
 from llmfair.objectives import erm as _erm  # noqa: F401  (registers "erm")
 from llmfair.objectives import minmaxgap as _minmaxgap  # noqa: F401  (registers "minmaxgap")
+from llmfair.objectives import rw as _rw  # noqa: F401  (registers "rw")
+from llmfair.objectives import gdro as _gdro  # noqa: F401  (registers "gdro", "gadro")
+from llmfair.objectives import pgdro as _pgdro  # noqa: F401  (registers "pgdro")
+from llmfair.objectives import gr as _gr  # noqa: F401  (registers "gr")
 from llmfair.objectives.minmaxgap import MinMaxGapOptions
 
 __all__ = [
