@@ -129,19 +129,18 @@ class MinMaxGap(Objective):
         figures = {"erm_loss": erm_value}
         diff = estimate[:, 1] - estimate[:, 0]  # male − female
         gaps = diff.abs()
-        for k in range(n_cells):
-            if usable[k]:
-                figures[f"gap/{self.cell_label(k)}"] = float(gaps[k])
-        if not bool(usable.any()):
+        usable_list, gaps_list = usable.tolist(), gaps.tolist()  # one host transfer, not one per cell
+        figures.update({f"gap/{self.cell_label(k)}": g for k, (u, g) in enumerate(zip(usable_list, gaps_list)) if u})
+        if not any(usable_list):
             figures.update({"max_gap": 0.0, "lambda": float(self._weight(0.0, erm_value))})
             return ObjectiveOutput(loss=erm, figures=figures)
 
         masked = torch.where(usable, gaps, torch.full_like(gaps, -torch.inf))
         if opts.reduction == "hard":
-            worst = int(torch.argmax(masked))
+            worst = max((k for k, u in enumerate(usable_list) if u), key=gaps_list.__getitem__)
             coef = torch.zeros_like(gaps)
             coef[worst] = 1.0
-            max_gap = float(gaps[worst])
+            max_gap = gaps_list[worst]
         else:
             coef = torch.softmax(masked / opts.temperature, dim=0)
             max_gap = float(opts.temperature * torch.logsumexp(masked / opts.temperature, dim=0))

@@ -135,9 +135,41 @@ def _training_arguments(config: RunConfig, run_dir: Path):
 
 
 # ------------------------------------------------------------------------------------ train
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-<step>`` folder in ``output_dir`` whose save finished, or None.
+
+    Trainer writes a checkpoint in place, file by file; a process killed while saving leaves a
+    folder without its optimizer or trainer state, which ``get_last_checkpoint`` would still pick
+    (the resume then fails). FairTrainer writes the objective state after everything else, so a
+    folder holding it and ``trainer_state.json`` is complete.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from llmfair.training.trainer import OBJECTIVE_STATE_FILE
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    steps = {}
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        suffix = path.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if path.is_dir() and suffix.isdigit():
+            steps[int(suffix)] = path
+    for step in sorted(steps, reverse=True):
+        path = steps[step]
+        if (path / "trainer_state.json").is_file() and (path / OBJECTIVE_STATE_FILE).is_file():
+            return str(path)
+        logger.warning("skipping incomplete checkpoint %s (interrupted while saving)", path)
+    return None
+
+
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False, overwrite: bool = False,
           predict_splits: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train one run and write adapter, predictions and manifest into ``run_dir``."""
+    """Train one run and write adapter, predictions and manifest into ``run_dir``.
+
+    ``resume=True`` continues from the newest complete checkpoint in ``run_dir/checkpoints``
+    (:func:`last_complete_checkpoint`); a path resumes from that checkpoint folder.
+    """
     from llmfair.training import FairTrainer, GroupCoveringSampler
     from llmfair.training.manifest import write_manifest
 
@@ -178,16 +210,21 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
     trainer = FairTrainer(model=classifier, args=args, train_dataset=records, data_collator=collator,
                           objective=objective, train_sampler=sampler)
     if resume is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(args.output_dir) or False
+        resume = last_complete_checkpoint(args.output_dir) or False
         if not resume:
-            raise ConfigError(f"--resume: no checkpoint in {args.output_dir}")
+            raise ConfigError(f"--resume: no complete checkpoint in {args.output_dir}")
     result = trainer.train(resume_from_checkpoint=resume or None)
-    classifier.save_trainable(run_dir / ADAPTER_DIR)
+    trainer.save_model(str(run_dir / ADAPTER_DIR))  # gathers ZeRO-3 shards; writes on the main process only
     train_seconds = time.time() - started
+    if not trainer.is_world_process_zero():
+        return {"global_steps": result.global_step, "predictions": {}}
 
     outputs = {}
+    zero3 = bool(args.deepspeed) and "zero_optimization" in (args.deepspeed if isinstance(args.deepspeed, dict) else {}) \
+        and args.deepspeed["zero_optimization"].get("stage") == 3
+    if zero3:  # parameters are sharded over ranks: a single-process forward would hang
+        logger.warning("ZeRO-3 run: predict afterwards with `llmfair predict %s --split SPLIT`", run_dir)
+        predict_splits = []
     for split in predict_splits if predict_splits is not None else [config.data.eval_split, config.data.predict_split]:
         outputs[split] = str(predict_examples(classifier, collator, splits[split], run_dir / f"predictions_{split}.csv",
                                               batch_size=args.per_device_eval_batch_size, objective=objective))

@@ -6,6 +6,7 @@ section and the file. ``training`` holds ``FairTrainingArguments`` fields (Huggi
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,19 @@ import yaml
 from llmfair.data.labels import LANGUAGES, MODALITIES
 from llmfair.errors import ConfigError
 from llmfair.options import dataclass_from_mapping
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` as a float.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-4``): ``learning_rate: 1e-4`` or
+    ``--set training.learning_rate=1e-4`` would arrive as the string ``"1e-4"`` and fail deep inside
+    the optimiser. YAML 1.2 (and every other YAML reader) takes it as a number.
+    """
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 @dataclass
@@ -102,7 +116,7 @@ class RunConfig:
         if not path.is_file():
             raise ConfigError(f"recipe not found: {path}")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         for dotted, value in (overrides or {}).items():
@@ -122,8 +136,8 @@ class RunConfig:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``section.key=value`` with the value parsed as YAML (numbers, booleans, lists)."""
+    """``section.key=value`` with the value parsed as YAML (numbers, booleans, lists; ``1e-4`` is a float)."""
     key, sep, value = text.partition("=")
     if not sep:
         raise ConfigError(f"override {text!r} must look like section.key=value")
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), yaml.load(value, Loader=RecipeLoader)
