@@ -124,7 +124,7 @@ def test_head_trains_and_layer_weights_learn() -> None:
             assert head.layer_logits.grad is not None and head.layer_logits.grad.abs().sum() > 0
         opt.step()
     out = head(feats, soft)
-    assert set(out) == {"per_sample_loss", "logits", "features"}
+    assert set(out) == {"per_sample_loss", "logits", "features", "inputs"}
     assert out["per_sample_loss"].shape == (256,) and out["logits"].shape == (256, 4)
     assert out["features"].shape == (256, 256)
     accuracy = (out["logits"].argmax(1) == labels).float().mean().item()

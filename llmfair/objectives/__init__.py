@@ -19,6 +19,9 @@ from llmfair.objectives import rw as _rw  # noqa: F401  (registers "rw")
 from llmfair.objectives import gdro as _gdro  # noqa: F401  (registers "gdro", "gadro")
 from llmfair.objectives import pgdro as _pgdro  # noqa: F401  (registers "pgdro")
 from llmfair.objectives import gr as _gr  # noqa: F401  (registers "gr")
+from llmfair.objectives import lff as _lff  # noqa: F401  (registers "lff")
+from llmfair.objectives import disent as _disent  # noqa: F401  (registers "disent")
+from llmfair.objectives import adv as _adv  # noqa: F401  (registers "adv", "madv")
 from llmfair.objectives.minmaxgap import MinMaxGapOptions
 
 __all__ = [

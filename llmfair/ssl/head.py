@@ -135,11 +135,12 @@ class EmoSuperbHead(nn.Module):
         return soft_cross_entropy(logits, labels, class_weights=self.class_weights, reduction="none")
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None, **_: Any) -> dict[str, torch.Tensor]:
-        """``{"per_sample_loss" (B,), "logits" (B, K), "features" (B, projector_dim)}``;
-        ``per_sample_loss`` only when ``labels`` are given. Extra batch keys are ignored."""
+        """``{"per_sample_loss" (B,), "logits" (B, K), "features" (B, projector_dim), "inputs"}``;
+        ``per_sample_loss`` only when ``labels`` are given; ``inputs`` are the frozen input features
+        (auxiliary models such as LfF's biased model train on them). Extra batch keys are ignored."""
         projected = self.projector(self.combine_layers(features.to(self.projector.weight.dtype)))
         logits = self.output(projected)
-        out = {"logits": logits, "features": projected}
+        out = {"logits": logits, "features": projected, "inputs": features.detach()}
         if labels is not None:
             out["per_sample_loss"] = self.loss(logits, labels.to(logits.device))
         return out
