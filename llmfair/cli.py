@@ -205,6 +205,70 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- sweep
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from llmfair.sweep import SweepConfig, collect_results, parse_shard, run_sweep
+
+    config = SweepConfig.from_yaml(args.config)
+    if not (args.out or config.out):
+        raise LlmfairError(f"{args.config}: no output directory; set 'out' in the config or pass --out")
+    out = Path(args.out or config.out)
+    if args.collect_only:
+        paths = collect_results(out, reference=config.reference, overall=config.overall)
+    else:
+        summary = run_sweep(config, out, parse_shard(args.shard), progress=not args.no_progress)
+        print(f"shard {args.shard}: {len(summary.planned)} runs, {len(summary.ran)} trained, "
+              f"{len(summary.skipped)} already finished ({summary.seconds:.0f} s)")
+        paths = summary.results
+    print(f"results: {paths['markdown']} and {paths['csv']}; plots: {', '.join(str(p) for p in paths['plots'])}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- correct
+def cmd_correct_fit(args: argparse.Namespace) -> int:
+    from llmfair.correction import CorrectionOptions, fit_correction
+    from llmfair.correction.io import format_figures
+    from llmfair.options import dataclass_from_args
+
+    options = dataclass_from_args(CorrectionOptions, args)
+    result = fit_correction(args.emotion, args.gender, args.out, kind=args.kind, options=options,
+                            overwrite=args.overwrite, progress=sys.stderr.isatty())
+    train = result["train"]
+    print(f"correction net ({args.kind}) fitted on {result['n_rows']} rows: {train['epochs_run']} epochs, "
+          f"{train['steps']} steps in {train['seconds']:.2f} s")
+    print("before → after on the fitting rows (training-set figures):")
+    print(format_figures(result["figures"]))
+    print(f"model written to {args.out}")
+    return 0
+
+
+def cmd_correct_apply(args: argparse.Namespace) -> int:
+    from llmfair.correction import apply_correction
+    from llmfair.correction.io import format_figures
+
+    result = apply_correction(args.model, args.emotion, args.gender, args.out, overwrite=args.overwrite)
+    print(f"corrected {result['n_corrected']} rows"
+          + (f" ({result['n_passed_through']} of unknown speaker gender passed through)" if result["n_passed_through"]
+             else ""))
+    print(format_figures(result["figures"]))
+    print(f"corrected tables: {result['emotion']}, {result['gender']}; figures in {Path(args.out) / 'figures.md'}")
+    return 0
+
+
+def cmd_correct_gender_model(args: argparse.Namespace) -> int:
+    from llmfair.correction import GenderModelOptions, train_gender_model
+    from llmfair.options import dataclass_from_args
+
+    options = dataclass_from_args(GenderModelOptions, args)
+    summary = train_gender_model(args.corpus, args.out, options, overwrite=args.overwrite,
+                                 progress=sys.stderr.isatty())
+    print(f"gender model ({options.features} features) trained on {summary['train_rows']} train utterances")
+    for split, info in summary["splits"].items():
+        excluded = f", {info['excluded_unknown_gender']} of unknown gender left out" if info["excluded_unknown_gender"] else ""
+        print(f"{split}: {info['rows']} rows, accuracy {info['accuracy']:.3f}{excluded} → {info['table']}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfair", description=__doc__.splitlines()[0])
@@ -279,12 +343,54 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the card's results")
     export.set_defaults(func=cmd_export)
 
+    sweep = sub.add_parser("sweep", help="methods × imbalance ratios × folds × seeds (× K) on cached features, "
+                                          "resumable; IDI-format results table and plots")
+    sweep.add_argument("config", help="sweep YAML (corpus, labels_dir, features, methods, ratios, folds, seeds, recipe)")
+    sweep.add_argument("--out", default=None, help="output directory (default: the config's 'out')")
+    sweep.add_argument("--shard", default="0/1", metavar="I/N",
+                       help="run every N-th run of the grid starting at I (default 0/1: all); finished runs are skipped")
+    sweep.add_argument("--collect-only", action="store_true",
+                       help="train nothing: rebuild results.csv/.md and plots from the finished runs in --out")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.set_defaults(func=cmd_sweep)
+
     demo = sub.add_parser("demo", help="built-in corpus → tiny Qwen2-Audio with erm and minmaxgap → comparison")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--epochs", type=float, default=None, help="override the demo recipe's epochs")
     demo.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples in the report")
     demo.set_defaults(func=cmd_demo)
+
+    correct = sub.add_parser("correct", help="post-hoc cross-modal correction net (emotion x speaker gender)")
+    correct_sub = correct.add_subparsers(dest="correct_command", required=True, metavar="CORRECT_COMMAND")
+    from llmfair.correction.gender import GenderModelOptions
+    from llmfair.correction.options import MODEL_KIND_NAMES, CorrectionOptions
+
+    gmodel = correct_sub.add_parser("gender-model", help="train the offline speaker-gender classifier on a corpus's "
+                                    "train split; write predictions_<split>.csv")
+    gmodel.add_argument("--corpus", required=True, help="MELD-ST-layout corpus directory with audio (or the built-in one)")
+    gmodel.add_argument("--out", required=True, help="output directory (classifier + predictions tables)")
+    gmodel.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_dataclass_arguments(gmodel, GenderModelOptions)
+    gmodel.set_defaults(func=cmd_correct_gender_model)
+
+    cfit = correct_sub.add_parser("fit", help="fit the correction net on validation-split emotion + gender predictions")
+    cfit.add_argument("--emotion", required=True, metavar="PRED", help="emotion predictions table (dev split)")
+    cfit.add_argument("--gender", required=True, metavar="PRED", help="gender predictions table of the same utterances")
+    cfit.add_argument("--out", required=True, help="model directory")
+    cfit.add_argument("--kind", choices=MODEL_KIND_NAMES, default="joint",
+                      help="joint (the correction net) or independent (ablation: each task from its own model)")
+    cfit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_dataclass_arguments(cfit, CorrectionOptions)
+    cfit.set_defaults(func=cmd_correct_fit)
+
+    capply = correct_sub.add_parser("apply", help="correct held-out predictions; write corrected tables and figures")
+    capply.add_argument("--model", required=True, help="a model directory written by `llmfair correct fit`")
+    capply.add_argument("--emotion", required=True, metavar="PRED", help="emotion predictions table (e.g. test split)")
+    capply.add_argument("--gender", required=True, metavar="PRED", help="gender predictions table of the same utterances")
+    capply.add_argument("--out", required=True, help="output directory")
+    capply.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    capply.set_defaults(func=cmd_correct_apply)
     return parser
 
 
