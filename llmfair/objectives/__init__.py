@@ -22,6 +22,7 @@ from llmfair.objectives import gr as _gr  # noqa: F401  (registers "gr")
 from llmfair.objectives import lff as _lff  # noqa: F401  (registers "lff")
 from llmfair.objectives import disent as _disent  # noqa: F401  (registers "disent")
 from llmfair.objectives import adv as _adv  # noqa: F401  (registers "adv", "madv")
+from llmfair.objectives import two_sided as _two_sided  # noqa: F401  (registers "two_sided")
 from llmfair.objectives.minmaxgap import MinMaxGapOptions
 
 __all__ = [
