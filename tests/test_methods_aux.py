@@ -562,3 +562,14 @@ def test_objective_parameters_train_and_state_is_checkpointable(tmp_path, method
     fresh.load_state_dict(load_file(str(path)))
     for key, value in fresh.state_dict().items():
         torch.testing.assert_close(value, state[key])
+
+
+def test_disent_class_weights_ignore_absent_classes():
+    """An absent class gets weight 0 and does not shrink the present classes' weights."""
+    from llmfair.objectives.disent import class_balanced_weights_from_counts
+
+    with_absent = class_balanced_weights_from_counts([5, 3, 0, 2], num_examples=10)
+    without = class_balanced_weights_from_counts([5, 3, 2], num_examples=10)
+    assert float(with_absent[2]) == 0.0
+    torch.testing.assert_close(with_absent[[0, 1, 3]], without)
+    assert float(with_absent.sum()) == pytest.approx(3.0)

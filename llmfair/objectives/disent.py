@@ -112,13 +112,18 @@ class DisEntOptions:
 
 def class_balanced_weights_from_counts(class_counts: Any, num_examples: int) -> torch.Tensor:
     """Cui et al. (2019) weights from per-class counts with β = (N − 1)/N, normalised to sum to K
-    (METHODS.md §1.3). A class without training rows gets the weight of a class with one row (its
-    weight would be infinite; such a class only appears as a soft component)."""
-    counts = np.maximum(np.asarray(class_counts, dtype=np.float64), 1.0)
+    (METHODS.md §1.3), over the classes present in training. A class without training rows gets
+    weight 0 (its weight would be infinite); normalising over present classes only keeps absent
+    classes from shrinking every present class's weight."""
+    raw = np.asarray(class_counts, dtype=np.float64)
+    present = raw > 0
     n = max(int(num_examples), 2)
     beta = (n - 1) / n
-    weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
-    return torch.as_tensor(weights * len(counts) / weights.sum(), dtype=torch.float32)
+    weights = np.zeros_like(raw)
+    weights[present] = (1.0 - beta) / (1.0 - np.power(beta, raw[present]))
+    total = weights.sum()
+    scale = present.sum() / total if total > 0 else 0.0
+    return torch.as_tensor(weights * scale, dtype=torch.float32)
 
 
 @register_objective("disent")
