@@ -386,3 +386,30 @@ def test_nan_loss_stops_naming_examples_and_checkpoint_stays_loadable(llmfair_ca
     assert float(state["dual_lambda"]) != pytest.approx(0.1)
     manifest = train(RunConfig.from_mapping(values), run, resume=True, predict_splits=[])
     assert manifest["global_steps"] == 4 and (run / ADAPTER).is_file()
+
+
+@pytest.mark.parametrize("name", ["rw", "gdro", "lff", "disent", "adv"])
+def test_classical_objectives_run_on_the_speech_llm(llmfair_cache, corpus, tmp_path, name) -> None:
+    """Objectives that need class labels, dataset indices or pooled features get them from the
+    speech-LLM batch (class labels live under ``emotion``; ``labels`` are LM token labels)."""
+    from llmfair.objectives import OBJECTIVES
+
+    seen = {}
+    cls = OBJECTIVES[name]
+    original = cls.forward
+
+    def spy(self, inputs):
+        seen["labels"] = inputs.labels
+        seen["features"] = inputs.features
+        return original(self, inputs)
+
+    cls.forward = spy
+    try:
+        manifest = train(RunConfig.from_mapping(recipe(corpus, objective={"name": name}), source="test"),
+                         tmp_path / name, predict_splits=["test"])
+    finally:
+        cls.forward = original
+    assert manifest["global_steps"] == 2
+    assert seen["labels"] is not None and seen["labels"].dtype == torch.long and seen["labels"].ndim == 1
+    assert seen["features"] is not None and seen["features"].shape[0] == seen["labels"].shape[0]
+    assert read_predictions(tmp_path / name / "predictions_test.csv").n > 0

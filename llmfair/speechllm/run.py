@@ -208,7 +208,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
                                        args.per_device_train_batch_size, seed=args.seed)
 
     trainer = FairTrainer(model=classifier, args=args, train_dataset=records, data_collator=collator,
-                          objective=objective, train_sampler=sampler)
+                          objective=objective, train_sampler=sampler, label_key="emotion")
     if resume is True:
         resume = last_complete_checkpoint(args.output_dir) or False
         if not resume:
@@ -280,6 +280,12 @@ def predict(run_dir: str | Path, split: str = "test", out: str | Path | None = N
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / ADAPTER_DIR).is_dir():
         raise ConfigError(f"{run_dir} is not a finished llmfair run (needs {CONFIG_FILE} and {ADAPTER_DIR}/)")
     config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
+    from llmfair.objectives import OBJECTIVES, Objective
+
+    cls = OBJECTIVES.get(config.objective.name)
+    if cls is not None and cls.predict_logits is not Objective.predict_logits:
+        raise ConfigError(f"objective {config.objective.name!r} predicts with its own classifier, which the adapter "
+                          f"does not hold; use the predictions written at training time in {run_dir}")
     config.data.synth_seed = None  # the corpus exists already
     original = (config.data.train_split, config.data.eval_split, config.data.predict_split)
     config.data.train_split = config.data.eval_split = config.data.predict_split = split

@@ -57,8 +57,9 @@ class FairTrainer(Trainer):
     """Trainer whose loss comes from ``objective`` (see the module docstring)."""
 
     def __init__(self, *args: Any, objective: Objective, train_sampler: torch.utils.data.Sampler | None = None,
-                 **kwargs: Any) -> None:
+                 label_key: str = "labels", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.label_key = label_key  # the batch key of the class labels objectives read
         self.objective = objective.to(self.args.device)
         self.loss_is_scaled_for_ga = True
         self._train_sampler_override = train_sampler
@@ -118,7 +119,7 @@ class FairTrainer(Trainer):
             self.objective.train(model.training)
             result = self.objective(ObjectiveInputs(
                 per_sample_loss=per_sample_loss, group_ids=meta["group_ids"], logits=outputs.get("logits"),
-                labels=batch.get("labels"), features=outputs.get("features"), sample_index=meta.get("sample_index"),
+                labels=batch.get(self.label_key), features=outputs.get("features"), sample_index=meta.get("sample_index"),
                 inputs=outputs.get("inputs"),
             ))
             loss = result.loss
