@@ -15,6 +15,7 @@ import sys
 from llmfair.errors import LlmfairError
 from llmfair.speechllm.run import train
 from llmfair.training.config import RunConfig, parse_override
+from llmfair.training.trainer import shutdown_distributed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = RunConfig.from_yaml(args.config, dict(parse_override(s) for s in args.set))
         train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+        shutdown_distributed()
     except LlmfairError as exc:
         print(f"train_speechllm: error: {exc}", file=sys.stderr)
         return 1

@@ -215,3 +215,12 @@ class FairTrainer(Trainer):
 
             self.objective.load_state_dict(load_file(path, device=str(self.args.device)))
             logger.info("objective state restored from %s", path)
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then destroy the process group. A rank that exits while another still
+    works (e.g. rank 0 writing outputs) can abort in gloo's teardown ("terminate called without an
+    active exception"); entry points call this last."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

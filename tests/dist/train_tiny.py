@@ -14,6 +14,7 @@ import torch
 
 from llmfair.speechllm.run import _training_arguments, train
 from llmfair.training.config import RunConfig, parse_override
+from llmfair.training.trainer import shutdown_distributed
 
 recipe, out = sys.argv[1], Path(sys.argv[2])
 config = RunConfig.from_yaml(recipe, dict(parse_override(s) for s in sys.argv[3:]))
@@ -25,3 +26,4 @@ world = {"world_size": torch.distributed.get_world_size(), "backend": torch.dist
 train(config, out, predict_splits=[])
 if args.process_index == 0:
     (out / "world.json").write_text(json.dumps(world))
+shutdown_distributed()

@@ -4,6 +4,7 @@ import sys
 
 import torch
 
+from llmfair.training.trainer import shutdown_distributed
 from tests._toy import make_trainer
 
 out_dir, batch = sys.argv[1], int(sys.argv[2])
@@ -14,3 +15,4 @@ trainer.train()
 if trainer.args.process_index == 0:
     weights = {k: v.tolist() for k, v in trainer.model.state_dict().items()}
     json.dump({"world_size": trainer.args.world_size, "weights": weights}, open(f"{out_dir}/weights.json", "w"))
+shutdown_distributed()
