@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = RunConfig.from_yaml(args.config, dict(parse_override(s) for s in args.set))
         train(config, args.out, resume=args.resume, overwrite=args.overwrite)
-        shutdown_distributed()
     except LlmfairError as exc:
         print(f"train_speechllm: error: {exc}", file=sys.stderr)
         return 1
@@ -39,4 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 0:
+        shutdown_distributed(exit_code=0)  # outputs are written; skip the C++ teardown that can abort
+    sys.exit(code)

@@ -217,10 +217,21 @@ class FairTrainer(Trainer):
             logger.info("objective state restored from %s", path)
 
 
-def shutdown_distributed() -> None:
-    """Wait for every rank, then destroy the process group. A rank that exits while another still
-    works (e.g. rank 0 writing outputs) can abort in gloo's teardown ("terminate called without an
-    active exception"); entry points call this last."""
+def shutdown_distributed(exit_code: int | None = None) -> None:
+    """Wait for every rank, then destroy the process group; entry points call this last.
+
+    Multi-process CPU (gloo) and DeepSpeed runs sometimes abort in C++ teardown at interpreter exit
+    ("terminate called without an active exception", measured after training had finished), which
+    turns a finished run into a failed launch. With ``exit_code`` the process leaves through
+    ``os._exit`` once every output is flushed, skipping that teardown.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if exit_code is not None:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(exit_code)

@@ -26,4 +26,4 @@ world = {"world_size": torch.distributed.get_world_size(), "backend": torch.dist
 train(config, out, predict_splits=[])
 if args.process_index == 0:
     (out / "world.json").write_text(json.dumps(world))
-shutdown_distributed()
+shutdown_distributed(exit_code=0)

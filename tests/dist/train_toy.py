@@ -14,5 +14,6 @@ assert torch.distributed.get_world_size() == 2
 trainer.train()
 if trainer.args.process_index == 0:
     weights = {k: v.tolist() for k, v in trainer.model.state_dict().items()}
-    json.dump({"world_size": trainer.args.world_size, "weights": weights}, open(f"{out_dir}/weights.json", "w"))
-shutdown_distributed()
+    with open(f"{out_dir}/weights.json", "w") as fh:
+        json.dump({"world_size": trainer.args.world_size, "weights": weights}, fh)
+shutdown_distributed(exit_code=0)
