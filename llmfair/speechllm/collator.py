@@ -5,7 +5,7 @@
 
 * audio is loaded at 16 kHz (``llmfair.data.audio.load_audio``) or taken as a float32 array,
   truncated to the encoder window (counted in ``num_truncated``; a warning once per collator);
-* the processor is called with ``audio=`` — never ``audios=``, which transformers silently drops
+* the processor is called with ``audio=`` — never the ``audios`` keyword, which transformers silently drops
   so that every sample is scored without its audio (QWEN2AUDIO.md §3) — and the batch must contain
   ``input_features`` and ``feature_attention_mask``;
 * the processor expands ``<|AUDIO|>`` to one token per encoder frame; each row's count is checked
@@ -165,18 +165,18 @@ class SpeechLLMCollator:
             raise DataError(f"sample {sample_id!r}: audio contains NaN or Inf")
         return audio
 
-    def _truncate(self, audios: list[np.ndarray], ids: list[Any]) -> list[np.ndarray]:
-        long = [i for i, a in enumerate(audios) if a.shape[0] > self.max_samples]
-        self.num_clips += len(audios)
+    def _truncate(self, clips: list[np.ndarray], ids: list[Any]) -> list[np.ndarray]:
+        long = [i for i, a in enumerate(clips) if a.shape[0] > self.max_samples]
+        self.num_clips += len(clips)
         if long:
             self.num_truncated += len(long)
             if not self._warned:
                 self._warned = True
                 logger.warning("audio longer than %.1f s is truncated (first: sample %r, %.1f s); the count is kept "
                                "in collator.num_truncated", self.max_audio_seconds, ids[long[0]],
-                               audios[long[0]].shape[0] / TARGET_SAMPLE_RATE)
-            audios = [a[: self.max_samples] if a.shape[0] > self.max_samples else a for a in audios]
-        return audios
+                               clips[long[0]].shape[0] / TARGET_SAMPLE_RATE)
+            clips = [a[: self.max_samples] if a.shape[0] > self.max_samples else a for a in clips]
+        return clips
 
     # ------------------------------------------------------------------ labels
     def _labels(self, records: Sequence[Mapping[str, Any]], ids: list[Any]) -> dict[str, torch.Tensor]:
@@ -215,7 +215,7 @@ class SpeechLLMCollator:
             missing = [key for key in REQUIRED_KEYS if key not in r]
             if missing:
                 raise DataError(f"sample {ids[i]!r}: record lacks {missing}")
-        audios = self._truncate([self._audio(r["audio"], ids[i]) for i, r in enumerate(records)], ids)
+        clips = self._truncate([self._audio(r["audio"], ids[i]) for i, r in enumerate(records)], ids)
         batch_labels = self._labels(records, ids)
         words = self.verbalizer.words
         texts = [self.template.render(r["language"], r["modality"], r.get("text") or "", labels=words) for r in records]
@@ -226,12 +226,12 @@ class SpeechLLMCollator:
                 raise DataError(f"sample {ids[bad[0]]!r}: answer_loss='lm' needs a single class label, got "
                                 f"emotion {int(emotion[bad[0]])}")
             texts = [t + words[int(e)] + "<|im_end|>" for t, e in zip(texts, emotion.tolist())]
-        inputs = self.processor(text=texts, audio=audios, sampling_rate=TARGET_SAMPLE_RATE, return_tensors="pt",
+        inputs = self.processor(text=texts, audio=clips, sampling_rate=TARGET_SAMPLE_RATE, return_tensors="pt",
                                 padding=True)
         for key in ("input_features", "feature_attention_mask"):
             if key not in inputs:
                 raise ConfigError(f"the processor returned no {key!r}: the audio was not processed (was it passed as "
-                                  f"audios=? transformers ignores that keyword; QWEN2AUDIO.md §3)")
+                                  f"the plural audios keyword? transformers ignores it; QWEN2AUDIO.md §3)")
         batch: dict[str, Any] = {k: inputs[k] for k in MODEL_INPUT_KEYS}
         if not bool(batch["attention_mask"][:, -1].all()):
             raise ConfigError("the tokenizer padded on the right; llmfair needs left padding so the answer is the "
@@ -257,7 +257,7 @@ class SpeechLLMCollator:
         else:
             batch["answer_position"] = torch.full((len(records),), seq_len - 1, dtype=torch.long)
         batch.update(batch_labels)
-        batch["audio_sha256"] = [audio_sha256(a) for a in audios]
+        batch["audio_sha256"] = [audio_sha256(a) for a in clips]
         for key in records[0]:
             if key in ("audio", "emotion", "emotion_dist"):
                 continue
