@@ -67,6 +67,7 @@ from llmfair.objectives.base import (
     TrainingStats,
     register_objective,
 )
+from llmfair.objectives.gdro import majority_class  # noqa: F401  (c(x); shared with gdro, rw, gr, disent)
 from llmfair.ssl.losses import soft_cross_entropy
 
 logger = logging.getLogger(__name__)
@@ -76,15 +77,6 @@ WEIGHT_EPS = 1e-8
 
 
 # ------------------------------------------------------------------------------------- losses
-def majority_class(labels: torch.Tensor) -> torch.Tensor:
-    """c(x): ``argmax_c y_c`` for (B, K) label distributions, the index itself for (B,) labels."""
-    if labels.ndim == 2:
-        return labels.argmax(dim=-1)
-    if labels.ndim == 1:
-        return labels.long()
-    raise DataError(f"labels must be (B,) class indices or (B, K) distributions, got shape {tuple(labels.shape)}")
-
-
 def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """p_y: softmax probability of the label, ``Σ_c y_c p_c`` for label distributions (B,)."""
     probs = torch.softmax(logits, dim=-1)
