@@ -98,7 +98,7 @@ def test_group_covering_sampler_covers_cells() -> None:
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path) -> None:
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo) vs one process on the
-    concatenated batch. (`--cpu --num_processes 2` silently runs ONE process; the script asserts
+    concatenated batch. (accelerate's CPU flag with 2 processes silently runs ONE; the script asserts
     world_size == 2.)"""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -3,7 +3,7 @@
     train_tiny.py RECIPE.yaml RUN_DIR [SECTION.KEY=VALUE ...]
 
 The speech-LLM run of ``llmfair.speechllm.run.train`` on the tiny model, after checking that two
-ranks really run (``--cpu --num_processes 2`` would silently run one). Rank 0 writes
+ranks really run (accelerate's CPU flag with two processes silently runs one; see ENVIRONMENT.md). Rank 0 writes
 ``RUN_DIR/world.json`` with the world size seen before training.
 """
 import json
