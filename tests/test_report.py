@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy.stats import norm
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from llmfair.cli import main
 from llmfair.data.labels import CREMA_D, MELD
 from llmfair.errors import ConfigError, DataError
-from llmfair.metrics import FAIRNESS_FIGURES, HEADLINE_METRICS, gain, summary_dict
+from llmfair.metrics import (
+    FAIRNESS_FIGURES, HEADLINE_METRICS, gain, paired_comparison, resample_statistics, summary_dict,
+)
 from llmfair.predictions import Predictions, read_predictions, write_predictions
 from llmfair.report import plots as report_plots
 from llmfair.report import run_names, write_report
@@ -291,6 +294,191 @@ def test_comparison_deltas_equal_differences_of_the_runs(pair):
     assert "| Δ MinMaxGAP |" in text and "| gain MinMaxGAP |" in text
     tpr_gain = fair.loc["tpr_gap_rms", "gain_MinMaxGAP"]
     assert f"{100 * tpr_gain:+.1f} %" in text
+
+
+# ------------------------------------------------------------------------ paired differences
+def variant_predictions(src: Path, path: Path, *, seed: int, fix: float = 0.0, noise: float = 0.0) -> Predictions:
+    """The rows of ``src`` with other predictions: a share ``fix`` of all rows turned from wrong to
+    right, then a share ``noise`` re-drawn uniformly."""
+    pred = read_predictions(src)
+    rng = np.random.default_rng(seed)
+    p = pred.predictions.copy()
+    wrong = np.flatnonzero(p != pred.labels)
+    chosen = rng.choice(wrong, int(round(fix * pred.n)), replace=False)
+    p[chosen] = pred.labels[chosen]
+    redraw = rng.random(pred.n) < noise
+    p[redraw] = rng.integers(0, pred.num_classes, int(redraw.sum()))
+    f = pred.frame
+    probs = np.eye(pred.num_classes)[p] * 0.9 + 0.1 / pred.num_classes
+    return write_predictions(path, ids=f["id"], split=f["split"], language=f["language"], modality=f["modality"],
+                             gender=f["gender"], speaker=f["speaker"], classes=pred.classes, probs=probs,
+                             labels=pred.labels, predictions=p)
+
+
+@pytest.fixture(scope="module")
+def same_rows(tables, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("same_rows")
+    variant_predictions(tables["erm"], root / "better.csv", seed=1, fix=0.15)
+    variant_predictions(tables["erm"], root / "better2.csv", seed=2, fix=0.15)
+    variant_predictions(tables["erm"], root / "noisy.csv", seed=3, noise=0.05)
+    return {"ERM": tables["erm"], "Better": root / "better.csv", "Better2": root / "better2.csv", "Noisy": root / "noisy.csv"}
+
+
+@pytest.fixture(scope="module")
+def paired_report(same_rows, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("report_paired")
+    paths = [same_rows[n] for n in ("ERM", "Better", "Noisy")]
+    result = write_report(paths, out, names=["ERM", "Better", "Noisy"], n_resamples=R, seed=3, plots=False)
+    return out, result
+
+
+REQUIRED_PAIRED = {"delta", "ci_low", "ci_high", "p_value", "resolved", "usable"}
+
+
+def test_comparison_json_holds_the_paired_differences(same_rows, paired_report):
+    out, result = paired_report
+    doc = strict_json(out / "comparison.json")
+    assert set(doc["paired"]) == {"Better", "Noisy"}  # every non-reference run, not the reference
+    figures = doc["figures"]
+    assert figures[:3] == list(HEADLINE_METRICS) and set(FAIRNESS_FIGURES) <= set(figures)
+    assert "gap/all/all/accuracy" in figures and "gap/eng/audio/weighted_f1" in figures
+    for name in ("Better", "Noisy"):
+        assert set(doc["paired"][name]) == set(figures)
+        for key, d in doc["paired"][name].items():
+            assert REQUIRED_PAIRED <= set(d), (name, key)
+            assert isinstance(d["resolved"], bool) and d["usable"] <= R
+    fields = ("reference", "reference_system", "unit", "n_resamples", "seed", "confidence", "method", "n_rows", "n_clusters")
+    assert {k: doc[k] for k in fields} == {
+        "reference": "ERM", "reference_system": "ERM", "unit": "utterance", "n_resamples": R, "seed": 3,
+        "confidence": 0.95, "method": "paired percentile bootstrap", "n_rows": 480, "n_clusters": 240}
+    frame = pd.read_csv(same_rows["ERM"], dtype=str, keep_default_na=False)
+    assert doc["speakers"] == {g: frame.loc[frame["gender"] == g, "speaker"].nunique() for g in ("female", "male", "unknown")}
+    assert doc["systems"]["ERM"]["runs"] == ["ERM"] and doc["systems"]["Better"]["seeds"] == 1
+    # the same numbers as the library function, and the values are those of the runs' own reports
+    tables = {n: [read_predictions(same_rows[n])] for n in ("ERM", "Better", "Noisy")}
+    direct = paired_comparison(tables, n_resamples=R, seed=3, run_names={n: [n] for n in tables})
+    assert doc["paired"] == json.loads(json.dumps(direct["paired"]))
+    assert doc["systems"] == json.loads(json.dumps(direct["systems"]))
+    erm = strict_json(out / "ERM" / "metrics.json")
+    better = strict_json(out / "Better" / "metrics.json")
+    acc = doc["paired"]["Better"]["accuracy"]
+    assert acc["delta"] == pytest.approx(better["overall"]["accuracy"] - erm["overall"]["accuracy"], abs=1e-12)
+    assert acc["delta"] == pytest.approx(0.15, abs=1e-12)  # right on 15 % more rows
+    assert acc["resolved"] is True and acc["p_value"] < 0.05
+    assert doc["systems"]["ERM"]["figures"]["tpr_gap_rms"]["mean"] == pytest.approx(erm["fairness"]["tpr_gap_rms"], abs=1e-12)
+    assert result["comparison"]["paired"]["paired"]["Better"]["accuracy"] == acc
+
+
+def test_comparison_markdown_marks_resolved_and_not_resolved(paired_report):
+    out, result = paired_report
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    assert text == result["markdown"]
+    doc = strict_json(out / "comparison.json")
+    spk = doc["speakers"]
+    assert (f"## Paired differences vs ERM (utterance bootstrap, {R} resamples; {spk['female']} female / "
+            f"{spk['male']} male speakers)") in text
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+
+    def cell(name: str, key: str) -> str:
+        d = doc["paired"][name][key]
+        p = d["p_value"]
+        p_text = f"p<{2.0 / d['usable']:.2g}" if p == 0 else f"p={p:.3f}"
+        verdict = "**resolved**" if d["resolved"] else "not resolved"
+        return f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] {p_text} {verdict}"
+
+    assert cell("Better", "accuracy") in lines["accuracy"] and "**resolved**" in lines["accuracy"]
+    unresolved = [k for k, d in doc["paired"]["Noisy"].items() if not d["resolved"] and d["delta"] is not None]
+    assert unresolved
+    for key in unresolved[:5] + ["accuracy", "gap/all/all/accuracy"]:
+        assert cell("Noisy", key) in lines[key]
+    ref = doc["systems"]["ERM"]["figures"]["worst_cell_gap"]
+    assert f"| worst_cell_gap | {ref['mean']:.3f} [{ref['ci_low']:.3f}, {ref['ci_high']:.3f}] |" in text
+
+
+def test_headline_comparison_shows_the_intervals_of_every_figure(pair):
+    out, _ = pair
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| ERM | "))
+    erm = strict_json(out / "ERM" / "metrics.json")
+    for f in FAIRNESS_FIGURES:
+        low, high = erm["fairness"]["ci"][f]
+        assert f"{erm['fairness'][f]:.3f} [{low:.3f}, {high:.3f}]" in row, f
+    low, high = erm["overall"]["ci"]["accuracy"]
+    assert row.startswith(f"| ERM | {erm['overall']['accuracy']:.3f} [{low:.3f}, {high:.3f}] |")
+
+
+def test_runs_on_different_rows_get_no_paired_block(pair):
+    out, result = pair  # ERM and MinMaxGAP were generated with different labels and speakers
+    doc = strict_json(out / "comparison.json")
+    assert "paired" not in doc and "systems" not in doc
+    assert "do not hold the same rows" in doc["paired_skipped"]
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    assert "## Paired differences\n\nNot computed: the runs do not hold the same rows" in text
+    assert result["comparison"]["paired"] is None
+
+
+def test_systems_group_seeds_and_refuse_a_run_given_twice(same_rows, tmp_path):
+    paths = [same_rows["ERM"], same_rows["Better"], same_rows["Better2"]]
+    result = write_report(paths, tmp_path / "seeds", names=["ERM", "fix-s1", "fix-s2"], systems=["ERM", "Fix", "Fix"],
+                          n_resamples=50, seed=0, plots=False)
+    doc = strict_json(tmp_path / "seeds" / "comparison.json")
+    assert set(doc["paired"]) == {"Fix"} and doc["systems"]["Fix"]["runs"] == ["fix-s1", "fix-s2"]
+    assert doc["systems"]["Fix"]["seeds"] == 2 and [r["system"] for r in doc["runs"]] == ["ERM", "Fix", "Fix"]
+    runs = {n: strict_json(tmp_path / "seeds" / n / "metrics.json")["overall"]["accuracy"] for n in ("fix-s1", "fix-s2")}
+    fix = doc["systems"]["Fix"]["figures"]["accuracy"]
+    assert fix["mean"] == pytest.approx((runs["fix-s1"] + runs["fix-s2"]) / 2, abs=1e-12)
+    assert fix["seed_std"] == pytest.approx(abs(runs["fix-s1"] - runs["fix-s2"]) / np.sqrt(2), abs=1e-12)
+    assert "| figure | ERM (reference) | Fix (2 seeds) | Δ Fix |" in result["markdown"]
+    assert f"{fix['mean']:.3f} [{fix['ci_low']:.3f}, {fix['ci_high']:.3f}] sd {fix['seed_std']:.3f}" in result["markdown"]
+    with pytest.raises(DataError, match="system 'Fix' lists the same run twice"):
+        write_report([same_rows["ERM"], same_rows["Better"], same_rows["Better"]], tmp_path / "dup",
+                     systems=["ERM", "Fix", "Fix"], n_resamples=10, plots=False)
+    assert not (tmp_path / "dup").exists()
+    with pytest.raises(ConfigError, match="2 system name"):
+        write_report(paths, tmp_path / "bad", systems=["A", "B"], n_resamples=10, plots=False)
+    # without resamples there is nothing to pair, and the comparison says so
+    write_report(paths[:2], tmp_path / "none", n_resamples=0, plots=False)
+    assert "n_resamples = 0" in strict_json(tmp_path / "none" / "comparison.json")["paired_skipped"]
+
+
+def test_resolution_is_z_sqrt2_times_the_bootstrap_sd(tables, single):
+    out, _ = single
+    data = strict_json(out / "metrics.json")
+    z = norm.ppf(0.975)
+    assert data["bootstrap"]["resolution_z"] == pytest.approx(z, abs=1e-12) and abs(z - 1.96) < 1e-3
+    pred = read_predictions(tables["erm"])
+    reps = resample_statistics(pred, ("language", "modality", "gender"), n_resamples=R, seed=3)  # summary's draws
+
+    def resolution(values: np.ndarray) -> float:
+        return z * np.sqrt(2) * np.std(values, ddof=1)
+
+    for m in HEADLINE_METRICS:
+        assert data["overall"]["resolution"][m] == pytest.approx(resolution(reps.merge(()).metric(m)[:, 0]), abs=1e-12)
+    for g in data["gaps"]:
+        where = {} if g["language"] == "all" else {"language": g["language"], "modality": g["modality"]}
+        female = reps.where(**where, gender="female").merge(()).metric(g["metric"])[:, 0]
+        male = reps.where(**where, gender="male").merge(()).metric(g["metric"])[:, 0]
+        ok = ~np.isnan(male - female)
+        assert g["resolution"]["gap"] == pytest.approx(resolution(np.abs(male - female)[ok]), abs=1e-12)
+        assert g["resolution"]["male_minus_female"] == pytest.approx(resolution((male - female)[ok]), abs=1e-12)
+    selection = reps.where(gender=("female", "male")).merge(("gender",)).per_class("selection_rate")
+    dp_sum = np.sqrt(((selection[:, 1] - selection[:, 0]) ** 2).sum(axis=-1))
+    assert data["fairness"]["resolution"]["dp_gap_sum"] == pytest.approx(resolution(dp_sum), abs=1e-12)
+    assert set(data["fairness"]["resolution"]) == set(FAIRNESS_FIGURES)
+    # metrics.md shows it next to the estimate; gaps.csv holds it
+    text = (out / "metrics.md").read_text(encoding="utf-8")
+    assert "| metric | estimate | resolvable difference |" in text
+    acc = data["overall"]
+    low, high = acc["ci"]["accuracy"]
+    assert f"| accuracy | {acc['accuracy']:.3f} [{low:.3f}, {high:.3f}] | {acc['resolution']['accuracy']:.3f} |" in text
+    f = data["fairness"]
+    assert f"| tpr_gap_rms | {f['tpr_gap_rms']:.3f} [" in text and f"| {f['resolution']['tpr_gap_rms']:.3f} |" in text
+    gaps = pd.read_csv(out / "gaps.csv")
+    assert gaps["gap_resolution"].tolist() == pytest.approx([g["resolution"]["gap"] for g in data["gaps"]], abs=1e-15)
+    assert "Resolvable difference: 1.96 · √2 · bootstrap SE" in text
+    none = summary_dict(pred, n_resamples=0)
+    assert none["overall"]["resolution"] == {m: None for m in HEADLINE_METRICS}
+    assert none["bootstrap"]["resolution_z"] is None and all(g["resolution"]["gap"] is None for g in none["gaps"])
 
 
 def test_different_label_spaces_are_refused(tables, tmp_path):

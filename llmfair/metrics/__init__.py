@@ -6,7 +6,9 @@
 - :mod:`~llmfair.metrics.fairness`: gender gaps, RMS TPR/FPR/F1 gaps, DP gaps, ΔSP,
   correction-net figures, gain.
 - :mod:`~llmfair.metrics.bootstrap`: utterance and speaker (cluster) bootstrap intervals and the
-  report's :func:`summary_dict`.
+  report's :func:`summary_dict` (with the resolvable difference of every figure).
+- :mod:`~llmfair.metrics.paired`: paired bootstrap comparisons of systems on the same rows, seeds
+  aggregated (:func:`paired_comparison`).
 """
 from llmfair.metrics.bootstrap import (
     UNITS,
@@ -15,6 +17,7 @@ from llmfair.metrics.bootstrap import (
     cluster_ids,
     percentile_interval,
     resample_statistics,
+    resolvable_difference,
     summary_dict,
 )
 from llmfair.metrics.classification import (
@@ -57,6 +60,17 @@ from llmfair.metrics.multilabel import (
     multilabel_weighted_f1,
     weighted_f1_from_multilabel_counts,
 )
+from llmfair.metrics.paired import (
+    HEADLINE_FIGURES,
+    PAIRED_METHOD,
+    PairedFigures,
+    align_runs,
+    compare_systems,
+    paired_comparison,
+    paired_figures,
+    seed_weights,
+    speaker_counts,
+)
 from llmfair.metrics.slicing import (
     DEFAULT_BY,
     HEADLINE_METRICS,
@@ -67,14 +81,16 @@ from llmfair.metrics.slicing import (
 )
 
 __all__ = [
-    "BootstrapResult", "DEFAULT_BY", "FAIRNESS_FIGURES", "HEADLINE_METRICS", "PER_CLASS_METRICS",
-    "SCALAR_METRICS", "SliceMetrics", "UNITS", "accuracy", "accuracy_from_confusion", "binarize_labels",
-    "binarize_predictions", "bootstrap_ci", "cell_index", "class_counts", "cluster_ids", "confusion_matrix",
+    "BootstrapResult", "DEFAULT_BY", "FAIRNESS_FIGURES", "HEADLINE_FIGURES", "HEADLINE_METRICS",
+    "PAIRED_METHOD", "PER_CLASS_METRICS", "PairedFigures", "SCALAR_METRICS", "SliceMetrics", "UNITS",
+    "accuracy", "accuracy_from_confusion", "align_runs", "binarize_labels", "binarize_predictions",
+    "bootstrap_ci", "cell_index", "class_counts", "cluster_ids", "compare_systems", "confusion_matrix",
     "correction_net_figures", "f1_per_class", "fairness_summary", "fpr_from_counts", "gain", "gender_gaps",
     "hamming_accuracy", "hamming_accuracy_from_counts", "macro_f1", "macro_f1_from_counts",
     "macro_f1_from_multilabel_counts", "multilabel_counts", "multilabel_fpr", "multilabel_macro_f1",
-    "multilabel_tpr", "multilabel_weighted_f1", "per_class_fpr", "per_class_gaps", "per_class_tpr",
-    "percentile_interval", "precision_from_counts", "resample_statistics", "selection_rate_from_counts",
-    "statistical_parity", "summary_dict", "tpr_from_counts", "two_sided_parity", "weighted_f1",
-    "weighted_f1_from_counts", "weighted_f1_from_multilabel_counts",
+    "multilabel_tpr", "multilabel_weighted_f1", "paired_comparison", "paired_figures", "per_class_fpr",
+    "per_class_gaps", "per_class_tpr", "percentile_interval", "precision_from_counts",
+    "resample_statistics", "resolvable_difference", "seed_weights", "selection_rate_from_counts",
+    "speaker_counts", "statistical_parity", "summary_dict", "tpr_from_counts", "two_sided_parity",
+    "weighted_f1", "weighted_f1_from_counts", "weighted_f1_from_multilabel_counts",
 ]

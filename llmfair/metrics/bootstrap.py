@@ -21,14 +21,25 @@ the point estimates (:mod:`llmfair.metrics.fairness`).
 A replicate in which a cell (or a class's positives) is empty gives NaN for the figures that need
 it; intervals are nan-aware percentiles (``confidence`` 0.95 → 2.5 and 97.5 %) and every interval
 reports how many replicates were ``usable``.
+
+Resolution. Next to its interval every figure of :func:`summary_dict` carries the smallest
+difference this table can resolve: ``resolvable_difference = z_{(1+confidence)/2} · √2 · SE``, SE
+being the bootstrap standard error of the figure (nan-aware standard deviation of the replicates,
+ddof = 1). Two *independent* tables of this size with figures differing by less than that have a
+difference whose interval ``Δ ± z · √(SE_A² + SE_B²) = Δ ± z · √2 · SE`` contains 0 — the √2 is the
+second table's noise. It answers "could this report tell apart a run that is 0.01 better?" before
+anyone compares. Runs scored on the *same* rows are compared by the paired bootstrap of
+:mod:`llmfair.metrics.paired`, which removes the noise the runs share and resolves smaller
+differences — which is why paired comparisons exist.
 """
 from __future__ import annotations
 
 import logging
 import math
 import warnings
+from statistics import NormalDist
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -74,8 +85,17 @@ def cluster_ids(pred: Predictions, unit: str) -> np.ndarray:
     return codes.astype(np.int64)
 
 
-def _cluster_types(idx: np.ndarray, clusters: np.ndarray, n_stats: int) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """Merge identical clusters: (type statistics (T, D) sparse, multiplicity (T,))."""
+def _cluster_type_map(
+    idx: np.ndarray, clusters: np.ndarray, n_stats: int
+) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+    """Merge identical clusters: (type statistics (T, D) sparse, multiplicity (T,), type of every
+    cluster (num_clusters,)).
+
+    ``idx`` is an ``(n, m)`` stat index (:func:`~llmfair.metrics.slicing.row_stat_index`, or
+    several runs' indices side by side with offsets, as in :mod:`llmfair.metrics.paired`) and
+    ``clusters`` the ``(n,)`` cluster of every row. Clusters whose rows add ones at the same
+    positions are one type; the type map lets explicit per-cluster draw counts be summed by type.
+    """
     n, m = idx.shape
     num_clusters = int(clusters.max()) + 1
     if m == 1:
@@ -107,7 +127,56 @@ def _cluster_types(idx: np.ndarray, clusters: np.ndarray, n_stats: int) -> tuple
         (np.ones(rows.size * m, dtype=np.int64), (type_rows, idx[rows].ravel())),
         shape=(len(multiplicity), n_stats),
     )
-    return stats, multiplicity.astype(np.int64)
+    return stats, multiplicity.astype(np.int64), type_of_cluster.astype(np.int64)
+
+
+def _cluster_types(idx: np.ndarray, clusters: np.ndarray, n_stats: int) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Merge identical clusters: (type statistics (T, D) sparse, multiplicity (T,))."""
+    stats, multiplicity, _ = _cluster_type_map(idx, clusters, n_stats)
+    return stats, multiplicity
+
+
+def _multinomial_type_counts(
+    multiplicity: np.ndarray, n_resamples: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Type counts of ``n_resamples`` replicates, ``Multinomial(S, multiplicity / S)`` each (S = the
+    number of clusters), in chunks of at most ``_CHUNK_ENTRIES`` entries: ``(chunk, T)`` arrays."""
+    num_clusters = int(multiplicity.sum())
+    pvals = multiplicity / num_clusters
+    chunk = max(1, _CHUNK_ENTRIES // max(1, len(multiplicity)))
+    for start in range(0, n_resamples, chunk):
+        yield rng.multinomial(num_clusters, pvals, size=min(n_resamples, start + chunk) - start)
+
+
+def _uniform_type_counts(
+    type_of_cluster: np.ndarray, num_types: int, n_resamples: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """The same distribution as :func:`_multinomial_type_counts`, drawn as S uniform cluster indices
+    per replicate and counted by type: O(S) per replicate instead of O(T) binomial draws, the
+    cheaper way when almost every cluster is its own type (e.g. several runs side by side)."""
+    num_clusters = len(type_of_cluster)
+    chunk = max(1, _CHUNK_ENTRIES // max(1, num_clusters, num_types))
+    for start in range(0, n_resamples, chunk):
+        size = min(n_resamples, start + chunk) - start
+        drawn = type_of_cluster[rng.integers(0, num_clusters, size=(size, num_clusters))]
+        drawn += (np.arange(size, dtype=np.int64) * num_types)[:, None]
+        yield np.bincount(drawn.ravel(), minlength=size * num_types).reshape(size, num_types)
+
+
+def _replicate_statistics(
+    type_stats: sparse.csr_matrix, count_chunks: Iterable[np.ndarray], n_resamples: int
+) -> np.ndarray:
+    """``(R, D)`` replicate statistics ``Σ_t counts_t · type_t`` from chunks of ``(chunk, T)`` type counts."""
+    out = np.empty((n_resamples, type_stats.shape[1]), dtype=np.int64)
+    stats_t = type_stats.T.tocsr()
+    start = 0
+    for draws in count_chunks:
+        stop = start + len(draws)
+        out[start:stop] = (stats_t @ draws.T).T
+        start = stop
+    if start != n_resamples:
+        raise ConfigError(f"got type counts for {start} replicates; expected {n_resamples}")
+    return out
 
 
 def resample_statistics(
@@ -132,15 +201,8 @@ def resample_statistics(
     clusters = cluster_ids(pred, unit)
     type_stats, multiplicity = _cluster_types(idx, clusters, n_stats)
     num_clusters = int(multiplicity.sum())
-    pvals = multiplicity / num_clusters
     rng = np.random.default_rng(seed)
-    out = np.empty((n_resamples, n_stats), dtype=np.int64)
-    chunk = max(1, _CHUNK_ENTRIES // max(1, len(multiplicity)))
-    stats_t = type_stats.T.tocsr()
-    for start in range(0, n_resamples, chunk):
-        stop = min(n_resamples, start + chunk)
-        draws = rng.multinomial(num_clusters, pvals, size=stop - start)
-        out[start:stop] = (stats_t @ draws.T).T
+    out = _replicate_statistics(type_stats, _multinomial_type_counts(multiplicity, n_resamples, rng), n_resamples)
     logger.debug("bootstrap: %d %s clusters in %d types, %d replicates", num_clusters, unit, len(multiplicity), n_resamples)
     return SliceMetrics(keys, out.reshape(n_resamples, len(keys), *shape), classes=pred.classes, multilabel=pred.multilabel)
 
@@ -155,6 +217,27 @@ def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[n
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN figures give NaN intervals
         low, high = np.nanpercentile(values, [alpha, 100.0 - alpha], axis=0)
     return low, high, (~np.isnan(values)).sum(axis=0)
+
+
+def bootstrap_standard_error(values: np.ndarray) -> np.ndarray:
+    """Nan-aware standard deviation (ddof = 1) over axis 0 of replicate figures: the bootstrap SE.
+    NaN where fewer than two replicates are usable."""
+    values = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(values)
+    count = ok.sum(axis=0)
+    mean = np.divide(np.where(ok, values, 0.0).sum(axis=0), count, out=np.zeros(count.shape), where=count > 0)
+    squares = np.where(ok, values - mean, 0.0) ** 2
+    out = np.full(count.shape, np.nan)
+    np.divide(squares.sum(axis=0), count - 1, out=out, where=count > 1)
+    return np.sqrt(out)
+
+
+def resolvable_difference(se: np.ndarray | float, confidence: float = 0.95) -> np.ndarray:
+    """``z_{(1+confidence)/2} · √2 · se``: the smallest difference between two independent tables,
+    each with standard error ``se``, whose ``confidence`` interval excludes 0 (module docstring)."""
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must lie in (0, 1); got {confidence}")
+    return NormalDist().inv_cdf((1.0 + confidence) / 2.0) * math.sqrt(2.0) * np.asarray(se, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- headline figures
@@ -196,6 +279,10 @@ class BootstrapResult:
         gaps: the cell columns (``all`` for the overall row), ``metric``, ``figure`` (female,
             male, male_minus_female, gap), ``estimate, low, high, usable``.
         fairness: ``figure`` (tpr_gap_rms, ..., worst_cell_gap), ``estimate, low, high, usable``.
+
+        Every table also has ``se``: the bootstrap standard error (nan-aware standard deviation of
+        the replicates, ddof = 1; NaN without replicates), the input of
+        :func:`resolvable_difference`.
     """
 
     unit: str
@@ -208,7 +295,9 @@ class BootstrapResult:
     fairness: pd.DataFrame
 
 
-def _long(keys: pd.DataFrame | None, names: dict[str, Sequence[str]], est: np.ndarray, low, high, usable) -> pd.DataFrame:
+def _long(
+    keys: pd.DataFrame | None, names: dict[str, Sequence[str]], est: np.ndarray, low, high, usable, se=None
+) -> pd.DataFrame:
     """Flatten (cells?, *named axes) arrays into one row per entry."""
     axes = list(names.items())
     grids = np.meshgrid(*[np.arange(len(v)) for _, v in axes], indexing="ij")
@@ -223,6 +312,7 @@ def _long(keys: pd.DataFrame | None, names: dict[str, Sequence[str]], est: np.nd
     frame["low"] = np.asarray(low).ravel()
     frame["high"] = np.asarray(high).ravel()
     frame["usable"] = np.asarray(usable).ravel().astype(np.int64)
+    frame["se"] = np.full(len(frame), np.nan) if se is None else np.asarray(se, dtype=np.float64).ravel()
     return frame
 
 
@@ -253,10 +343,14 @@ def bootstrap_ci(
     point = _figure_arrays(SliceMetrics.from_predictions(pred, fine), **options)
     if n_resamples:
         reps = _figure_arrays(resample_statistics(pred, fine, unit=unit, n_resamples=n_resamples, seed=seed), **options)
-        intervals = {k: percentile_interval(reps[k], confidence) for k in ("overall", "slices", "gaps", "fairness")}
+        intervals = {
+            k: percentile_interval(reps[k], confidence) + (bootstrap_standard_error(reps[k]),)
+            for k in ("overall", "slices", "gaps", "fairness")
+        }
     else:
         intervals = {
             k: (np.full(point[k].shape, np.nan),) * 2 + (np.zeros(point[k].shape, dtype=np.int64),)
+            + (np.full(point[k].shape, np.nan),)
             for k in ("overall", "slices", "gaps", "fairness")
         }
     metric_axis = {"metric": list(metrics)}
@@ -284,6 +378,12 @@ def _num(x: Any) -> Any:
     return x
 
 
+def _resolution(rows: pd.DataFrame, key: str, confidence: float, active: bool) -> dict[str, Any]:
+    """``{figure: resolvable difference}`` of long-table rows (None without replicates)."""
+    values = resolvable_difference(rows["se"].to_numpy(), confidence) if active else np.full(len(rows), np.nan)
+    return {str(k): _num(v) for k, v in zip(rows[key], values)}
+
+
 def _ci(rows: pd.DataFrame, key: str) -> tuple[dict[str, list], dict[str, int]]:
     ci = {str(r[key]): [_num(r["low"]), _num(r["high"])] for _, r in rows.iterrows()}
     usable = {str(r[key]): int(r["usable"]) for _, r in rows.iterrows()}
@@ -303,21 +403,30 @@ def summary_dict(
     Shape::
 
         {"n", "label_space": {"name", "classes", "multilabel"},
-         "overall": {"accuracy", "weighted_f1", "macro_f1", "ci": {metric: [low, high]}, "usable"},
+         "overall": {"accuracy", "weighted_f1", "macro_f1", "ci": {metric: [low, high]}, "usable",
+                     "resolution": {metric: smallest resolvable difference}},
          "slices": [{"language", "modality", "gender", "n", "accuracy", "weighted_f1", "macro_f1",
                      "ci": {metric: [low, high]}, "usable": {metric: replicates}}],
          "gaps": [{"language", "modality", "metric", "female", "male", "male_minus_female", "gap",
-                   "n_female", "n_male", "n_unknown", "ci": {figure: [low, high]}, "usable"}],
+                   "n_female", "n_male", "n_unknown", "ci": {figure: [low, high]}, "usable",
+                   "resolution": {"gap", "male_minus_female"}}],
          "fairness": {"tpr_gap_rms", "fpr_gap_rms", "f1_gap_rms", "dp_gap_sum", "dp_gap_rms",
-                      "worst_cell_gap", "ci": {figure: [low, high]}, "usable", "worst_cell",
-                      "worst_cell_metric", "skipped_classes", "n_unknown_gender"},
-         "bootstrap": {"unit", "n_resamples", "seed", "confidence", "method", "min_usable"}}
+                      "worst_cell_gap", "ci": {figure: [low, high]}, "usable", "resolution": {figure},
+                      "worst_cell", "worst_cell_metric", "skipped_classes", "n_unknown_gender"},
+         "bootstrap": {"unit", "n_resamples", "seed", "confidence", "method", "min_usable",
+                       "resolution_z"}}
 
     The gap rows with language = modality = ``"all"`` are the overall (all known-gender rows)
     gaps. For multi-label tables ``accuracy`` is the Hamming accuracy.
+
+    ``resolution`` is :func:`resolvable_difference` of the figure's bootstrap SE, i.e.
+    ``resolution_z · √2 · SE`` with ``resolution_z = z_{(1+confidence)/2}``: the smallest difference
+    to another independent table of this size that an interval at ``confidence`` would resolve
+    (module docstring). None without replicates (``n_resamples=0``).
     """
     result = bootstrap_ci(pred, unit=unit, n_resamples=n_resamples, seed=seed, confidence=confidence)
     metrics = list(HEADLINE_METRICS)
+    active = n_resamples > 0
     overall_ci, overall_usable = _ci(result.overall, "metric")
     overall = {m: _num(v) for m, v in zip(result.overall["metric"], result.overall["estimate"])}
     slices = []
@@ -338,13 +447,16 @@ def summary_dict(
         gaps.append(
             {"language": str(first["language"]), "modality": str(first["modality"]), "metric": str(first["metric"]),
              **{f: _num(v) for f, v in zip(group["figure"], group["estimate"])},
-             **{k: int(match[k]) for k in ("n_female", "n_male", "n_unknown")}, "ci": ci, "usable": usable}
+             **{k: int(match[k]) for k in ("n_female", "n_male", "n_unknown")}, "ci": ci, "usable": usable,
+             "resolution": {f: v for f, v in _resolution(group, "figure", confidence, active).items()
+                            if f in ("gap", "male_minus_female")}}
         )
     summary = fairness_summary(pred)
     fair_ci, fair_usable = _ci(result.fairness, "figure")
     fairness = {f: _num(v) for f, v in zip(result.fairness["figure"], result.fairness["estimate"])}
     fairness.update(
-        ci=fair_ci, usable=fair_usable, worst_cell={k: str(v) for k, v in summary["worst_cell"].items()},
+        ci=fair_ci, usable=fair_usable, resolution=_resolution(result.fairness, "figure", confidence, active),
+        worst_cell={k: str(v) for k, v in summary["worst_cell"].items()},
         worst_cell_metric=summary["worst_cell_metric"], skipped_classes=summary["skipped_classes"],
         n_unknown_gender=summary["n_unknown_gender"],
     )
@@ -353,12 +465,14 @@ def summary_dict(
     return {
         "n": pred.n,
         "label_space": {"name": space.name, "classes": list(pred.classes), "multilabel": pred.multilabel},
-        "overall": {**{m: overall[m] for m in metrics}, "ci": overall_ci, "usable": overall_usable},
+        "overall": {**{m: overall[m] for m in metrics}, "ci": overall_ci, "usable": overall_usable,
+                    "resolution": _resolution(result.overall, "metric", confidence, active)},
         "slices": slices,
         "gaps": gaps,
         "fairness": fairness,
         "bootstrap": {
             "unit": unit, "n_resamples": n_resamples, "seed": seed, "confidence": confidence,
             "method": "percentile", "min_usable": int(all_usable.min()) if n_resamples else 0,
+            "resolution_z": NormalDist().inv_cdf((1.0 + confidence) / 2.0) if active else None,
         },
     }

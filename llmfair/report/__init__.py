@@ -3,7 +3,8 @@
 - :func:`write_report` (``llmfair report``): the report directory of one or several predictions
   tables.
 - :mod:`~llmfair.report.tables`: tables and the side-by-side comparison from
-  :func:`llmfair.metrics.summary_dict`.
+  :func:`llmfair.metrics.summary_dict`, and the paired differences of
+  :func:`llmfair.metrics.paired_comparison`.
 - :mod:`~llmfair.report.plots`: the PNG figures (matplotlib is imported only when plotting).
 """
 from llmfair.report.tables import (
@@ -12,12 +13,14 @@ from llmfair.report.tables import (
     flatten_summary,
     format_ci,
     gaps_frame,
+    paired_markdown,
     slices_frame,
     summary_markdown,
 )
-from llmfair.report.writer import check_same_label_space, run_names, write_report
+from llmfair.report.writer import check_same_label_space, run_names, system_groups, write_report
 
 __all__ = [
     "check_same_label_space", "comparison_frame", "comparison_markdown", "flatten_summary", "format_ci",
-    "gaps_frame", "run_names", "slices_frame", "summary_markdown", "write_report",
+    "gaps_frame", "paired_markdown", "run_names", "slices_frame", "summary_markdown", "system_groups",
+    "write_report",
 ]

@@ -12,6 +12,12 @@ so the tables, the plots and ``metrics.json`` always show the same numbers.
 - :func:`comparison_frame` and :func:`comparison_markdown`: several runs side by side, each value
   and its delta against the first run (the reference), with IDI-style relative gains
   (:func:`llmfair.metrics.gain`, METHODS.md §3).
+- :func:`paired_markdown`: the paired bootstrap differences of :func:`llmfair.metrics.paired_comparison`
+  (Δ with its interval and p-value, marked resolved or not).
+
+Every figure of a run's tables also shows its *resolvable difference* (``resolution`` in the
+summary dict, :func:`llmfair.metrics.resolvable_difference`): the smallest difference to another
+independent table of this size that an interval at the report's confidence would resolve.
 """
 from __future__ import annotations
 
@@ -89,24 +95,33 @@ def _ci_pair(ci: Mapping[str, Any] | None, key: str) -> tuple[float, float]:
     return _float(pair[0]), _float(pair[1])
 
 
+def _resolution(block: Mapping[str, Any], key: str) -> float:
+    """A figure's resolvable difference from a summary block (NaN when absent)."""
+    return _float((block.get("resolution") or {}).get(key))
+
+
 # ------------------------------------------------------------------------------- frames
 def overall_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per headline metric: ``metric, estimate, low, high``."""
+    """One row per headline metric: ``metric, estimate, low, high, resolution`` (the resolvable
+    difference)."""
     block = summary["overall"]
     rows = []
     for m in HEADLINE_METRICS:
         low, high = _ci_pair(block.get("ci"), m)
-        rows.append({"metric": m, "estimate": _float(block[m]), "low": low, "high": high})
+        rows.append({"metric": m, "estimate": _float(block[m]), "low": low, "high": high,
+                     "resolution": _resolution(block, m)})
     return pd.DataFrame(rows)
 
 
 def fairness_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per fairness figure (tpr_gap_rms ... worst_cell_gap): ``figure, estimate, low, high``."""
+    """One row per fairness figure (tpr_gap_rms ... worst_cell_gap): ``figure, estimate, low, high,
+    resolution``."""
     block = summary["fairness"]
     rows = []
     for f in FAIRNESS_FIGURES:
         low, high = _ci_pair(block.get("ci"), f)
-        rows.append({"figure": f, "estimate": _float(block[f]), "low": low, "high": high})
+        rows.append({"figure": f, "estimate": _float(block[f]), "low": low, "high": high,
+                     "resolution": _resolution(block, f)})
     return pd.DataFrame(rows)
 
 
@@ -128,7 +143,8 @@ def slices_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
 def gaps_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
     """One row per (language, modality, metric) gap, plus the overall rows (``all``/``all``):
     ``female, male, male_minus_female, gap``, each with ``_low``/``_high``, and the gender counts
-    ``n_female, n_male, n_unknown`` (unknown rows are excluded from the gap). This is ``gaps.csv``."""
+    ``n_female, n_male, n_unknown`` (unknown rows are excluded from the gap), then ``gap_resolution``
+    (the resolvable difference of ``gap``). This is ``gaps.csv``."""
     rows = []
     for g in summary["gaps"]:
         row: dict[str, Any] = {"language": g["language"], "modality": g["modality"], "metric": g["metric"]}
@@ -137,9 +153,10 @@ def gaps_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
             row[f"{f}_low"], row[f"{f}_high"] = _ci_pair(g.get("ci"), f)
         for k in ("n_female", "n_male", "n_unknown"):
             row[k] = int(g[k])
+        row["gap_resolution"] = _resolution(g, "gap")
         rows.append(row)
     columns = (list(GAP_KEYS) + ["metric"] + [c for f in GAP_FIGURES for c in (f, f"{f}_low", f"{f}_high")]
-               + ["n_female", "n_male", "n_unknown"])
+               + ["n_female", "n_male", "n_unknown", "gap_resolution"])
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -189,6 +206,16 @@ def _interval_note(summary: Mapping[str, Any]) -> str:
             f"fewest usable replicates of any figure: {boot.get('min_usable', 'n/a')}.")
 
 
+def _resolution_note(summary: Mapping[str, Any]) -> str | None:
+    boot = summary.get("bootstrap", {})
+    if not boot.get("n_resamples") or boot.get("resolution_z") is None:
+        return None
+    return (f"Resolvable difference: {float(boot['resolution_z']):.2f} · √2 · bootstrap SE, the smallest difference to "
+            f"another independent table of this size whose {100 * float(boot['confidence']):g} % interval would exclude 0 "
+            "(√2: both tables are noisy). Runs on the same rows resolve smaller differences in a paired comparison "
+            "(`llmfair report` with several runs).")
+
+
 def summary_markdown(summary: Mapping[str, Any], *, title: str = "Evaluation report", source: str | None = None) -> str:
     """``metrics.md``: overall metrics, fairness figures, per-slice metrics and gender gaps.
 
@@ -206,15 +233,22 @@ def summary_markdown(summary: Mapping[str, Any], *, title: str = "Evaluation rep
         f"{', multi-label' if space['multilabel'] else ''}: {', '.join(space['classes'])})",
         f"- unknown gender: {fair['n_unknown_gender']} rows (kept in the slices, excluded from every gap)",
         f"- {_interval_note(summary)}",
-        "",
-        "## Overall",
-        "",
     ]
+    note = _resolution_note(summary)
+    if note:
+        lines.append(f"- {note}")
+    lines += ["", "## Overall", ""]
     ov = summary["overall"]
-    lines.append(markdown_table(["metric", "estimate"], [[m, format_ci(ov[m], ov.get("ci", {}).get(m))] for m in HEADLINE_METRICS], ["l", "r"]))
+    resolvable = "resolvable difference"
+    lines.append(markdown_table(
+        ["metric", "estimate", resolvable],
+        [[m, format_ci(ov[m], ov.get("ci", {}).get(m)), format_value(_resolution(ov, m))] for m in HEADLINE_METRICS],
+        ["l", "r", "r"]))
     lines += ["", "## Fairness (gender; unknown excluded)", ""]
     lines.append(markdown_table(
-        ["figure", "estimate"], [[f, format_ci(fair[f], fair.get("ci", {}).get(f))] for f in FAIRNESS_FIGURES], ["l", "r"]))
+        ["figure", "estimate", resolvable],
+        [[f, format_ci(fair[f], fair.get("ci", {}).get(f)), format_value(_resolution(fair, f))] for f in FAIRNESS_FIGURES],
+        ["l", "r", "r"]))
     worst = fair.get("worst_cell") or {}
     notes = []
     if worst:
@@ -233,10 +267,11 @@ def summary_markdown(summary: Mapping[str, Any], *, title: str = "Evaluation rep
     rows = [[g["language"], g["modality"], g["metric"], f"{g['n_female']}/{g['n_male']}/{g['n_unknown']}",
              format_value(g["female"]), format_value(g["male"]),
              format_ci(g["male_minus_female"], g.get("ci", {}).get("male_minus_female"), signed=True),
-             format_ci(g["gap"], g.get("ci", {}).get("gap"))]
+             format_ci(g["gap"], g.get("ci", {}).get("gap")), format_value(_resolution(g, "gap"))]
             for g in summary["gaps"]]
-    lines.append(markdown_table(["language", "modality", "metric", "n F/M/unknown", "female", "male", "male − female", "|gap|"],
-                                rows, ["l", "l", "l", "r", "r", "r", "r", "r"]))
+    lines.append(markdown_table(["language", "modality", "metric", "n F/M/unknown", "female", "male", "male − female", "|gap|",
+                                 "resolvable difference"],
+                                rows, ["l", "l", "l", "r", "r", "r", "r", "r", "r"]))
     return "\n".join(lines) + "\n"
 
 
@@ -304,14 +339,88 @@ def comparison_frame(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame
     return frame
 
 
+def _p_text(p: Any, usable: int) -> str:
+    """``p=0.034``; ``p<0.002`` when no replicate fell on the other side of 0 (p = 0 of R replicates)."""
+    if _is_missing(p):
+        return "p=n/a"
+    if float(p) == 0.0 and usable:
+        return f"p<{2.0 / usable:.2g}"
+    return f"p={float(p):.3f}"
+
+
+def paired_markdown(paired: Mapping[str, Any]) -> str:
+    """The "Paired differences" section of ``comparison.md`` from a :func:`llmfair.metrics.paired_comparison` dict.
+
+    One table: every figure, the reference system's mean [interval], then per other system its
+    mean [interval] and ``Δ [low, high] p=…`` marked **resolved** (the interval excludes 0) or
+    "not resolved". Systems with several seeds show their seed count and the seed standard deviation.
+    """
+    ref = paired["reference"]
+    systems = paired["systems"]
+    names = list(systems)
+    others = [n for n in names if n != ref]
+    spk = paired["speakers"]
+    conf = 100 * float(paired["confidence"])
+    lines = [f"## Paired differences vs {ref} ({paired['unit']} bootstrap, {paired['n_resamples']} resamples; "
+             f"{spk['female']} female / {spk['male']} male speakers)", ""]
+    lines += [
+        f"- Every replicate resamples the same {paired['unit']}s for every system ({paired['n_rows']} rows, "
+        f"{paired['n_clusters']} {paired['unit']}s; {spk.get('unknown', 0)} speakers of unknown gender), so the "
+        "interval of Δ holds only the noise in which the systems differ, not the noise they share.",
+        f"- Δ = system − {ref} ({conf:g} % percentile interval, two-sided bootstrap p); **resolved**: the interval "
+        "excludes 0.",
+    ]
+    if any(systems[n]["seeds"] > 1 for n in names):
+        lines.append("- A system of several seeds shows the mean over its seeds; its interval resamples the rows and "
+                     "the seeds (both kinds of noise), `sd` is the standard deviation over seeds (seed noise alone).")
+    lines.append("")
+
+    def label(name: str) -> str:
+        seeds = systems[name]["seeds"]
+        return name + (f" ({seeds} seeds)" if seeds > 1 else "")
+
+    def value_cell(name: str, key: str) -> str:
+        fig = systems[name]["figures"][key]
+        text = format_ci(fig["mean"], [fig["ci_low"], fig["ci_high"]])
+        if systems[name]["seeds"] > 1:
+            text += f" sd {format_value(fig['seed_std'])}"
+        return text
+
+    def delta_cell(name: str, key: str) -> str:
+        d = paired["paired"][name][key]
+        if _is_missing(d["delta"]):
+            return "n/a"
+        verdict = "**resolved**" if d["resolved"] else "not resolved"
+        return (f"{format_ci(d['delta'], [d['ci_low'], d['ci_high']], signed=True)} "
+                f"{_p_text(d['p_value'], d['usable'])} {verdict}")
+
+    headers = ["figure", label(ref) + " (reference)"]
+    for name in others:
+        headers += [label(name), f"Δ {name}"]
+    rows = []
+    for key in paired["figures"]:
+        row = [key, value_cell(ref, key)]
+        for name in others:
+            row += [value_cell(name, key), delta_cell(name, key)]
+        rows.append(row)
+    lines.append(markdown_table(headers, rows, ["l"] + ["r"] * (len(headers) - 1)))
+    return "\n".join(lines) + "\n"
+
+
 def comparison_markdown(
     summaries: Mapping[str, Mapping[str, Any]],
     frame: pd.DataFrame | None = None,
     *,
     sources: Mapping[str, str] | None = None,
+    paired: Mapping[str, Any] | None = None,
+    paired_note: str | None = None,
+    systems: Mapping[str, str] | None = None,
 ) -> str:
-    """``comparison.md``: a headline table in the IDI style (one row per run, then one Δ row and one
-    gain row per non-reference run), then per-slice and per-gap values of every run with deltas."""
+    """``comparison.md``: a headline table in the IDI style (one row per run with intervals, then one
+    Δ row and one gain row per non-reference run), the paired differences (``paired``, from
+    :func:`llmfair.metrics.paired_comparison`; else ``paired_note`` says why there are none), then
+    per-slice and per-gap values of every run with deltas. ``systems`` maps run → system name
+    (shown when given)."""
     names = list(summaries)
     frame = comparison_frame(summaries) if frame is None else frame
     ref = names[0]
@@ -319,9 +428,12 @@ def comparison_markdown(
     run_rows = []
     for name in names:
         s = summaries[name]
-        run_rows.append([name + (" (reference)" if name == ref else ""), s["n"], s["fairness"]["n_unknown_gender"],
-                         f"`{(sources or {}).get(name, '')}`" if sources else ""])
-    lines.append(markdown_table(["run", "rows", "unknown gender", "predictions"], run_rows, ["l", "r", "r", "l"]))
+        run_rows.append([name + (" (reference)" if name == ref else "")]
+                        + ([systems.get(name, name)] if systems else [])
+                        + [s["n"], s["fairness"]["n_unknown_gender"],
+                           f"`{(sources or {}).get(name, '')}`" if sources else ""])
+    run_headers = ["run"] + (["system"] if systems else []) + ["rows", "unknown gender", "predictions"]
+    lines.append(markdown_table(run_headers, run_rows, ["l"] + (["l"] if systems else []) + ["r", "r", "l"]))
     lines += ["", f"- {_interval_note(summaries[ref])}",
               "- Δ = run − reference; gain (IDI): (M − ref)/ref for accuracy and F1, (ref − M)/ref for gaps "
               "(positive = better).", "", "## Headline figures", ""]
@@ -329,11 +441,20 @@ def comparison_markdown(
     figures = list(head["figure"])
     rows = []
     for name in names:
-        rows.append([name] + [format_value(v) for v in head[f"value_{name}"]])
+        rows.append([name] + [format_ci(v, [lo, hi]) for v, lo, hi in
+                              zip(head[f"value_{name}"], head[f"low_{name}"], head[f"high_{name}"])])
     for name in names[1:]:
         rows.append([f"Δ {name}"] + [format_value(v, signed=True) for v in head[f"delta_{name}"]])
         rows.append([f"gain {name}"] + [format_percent(v) for v in head[f"gain_{name}"]])
     lines.append(markdown_table(["run"] + figures, rows, ["l"] + ["r"] * len(figures)))
+    lines.append("")
+    lines.append("Intervals of different runs here are independent single-run intervals; whether two runs on the "
+                 "same rows differ is answered by the paired differences below.")
+    if paired is not None:
+        lines += ["", paired_markdown(paired).rstrip("\n")]
+    else:
+        lines += ["", "## Paired differences", "",
+                  f"Not computed: {paired_note or 'no paired comparison was requested'}."]
 
     for section, title, keys in (("slice", "Per slice", ["language", "modality", "gender", "figure"]),
                                  ("gap", "Gender gaps (|male − female| and male − female)", ["language", "modality", "figure"])):

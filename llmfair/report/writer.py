@@ -10,7 +10,20 @@ Several files (e.g. ERM and MinMaxGAP on the same test set)::
     OUT/comparison.{md,csv,json}       every figure side by side, deltas and gains vs the first run
     OUT/plots/comparison_{slices,gaps}.png
 
-``metrics.json`` is :func:`llmfair.metrics.summary_dict` plus a ``run`` block (name, source).
+``metrics.json`` is :func:`llmfair.metrics.summary_dict` plus a ``run`` block (name, source); every
+figure carries its interval and its resolvable difference (``resolution``).
+
+Paired differences. When every table holds the same rows (same ``(id, modality)`` keys with the
+same label, language, gender and speaker), ``comparison.json`` also holds the paired bootstrap
+comparison of :func:`llmfair.metrics.paired_comparison` — ``"paired"`` (per non-reference system,
+per figure: ``delta, ci_low, ci_high, p_value, resolved, usable``), ``"systems"`` (seed-aggregated
+means with intervals), ``"speakers"`` (distinct speakers per gender) and the method fields
+``reference_system``, ``method``, ``n_rows``, ``n_clusters``, ``figures`` (next to ``unit``,
+``n_resamples``, ``seed``, ``confidence``, always present; ``reference`` stays the reference *run*)
+— and ``comparison.md`` a "Paired differences vs <reference>" table.
+Tables that share a system name (``systems=``) are that system's seeds. When the rows differ, or
+without resamples, there is no paired block (``"paired_skipped"`` says why, and so does
+``comparison.md``).
 Everything is computed before anything is written, files are written atomically (an existing
 directory is reused and its files replaced), and ``metrics.json`` is written last, so a failure
 never leaves a half-written or inconsistent ``metrics.json``.
@@ -28,7 +41,7 @@ import pandas as pd
 
 from llmfair._atomic import write_text
 from llmfair.errors import ConfigError, DataError
-from llmfair.metrics import UNITS, summary_dict
+from llmfair.metrics import UNITS, align_runs, paired_comparison, summary_dict
 from llmfair.predictions import Predictions, read_predictions
 from llmfair.report.tables import (
     comparison_frame,
@@ -107,6 +120,43 @@ def _warn_if_rows_differ(tables: Mapping[str, Predictions]) -> None:
             )
 
 
+def system_groups(labels: Sequence[str], systems: Sequence[str] | None) -> dict[str, list[str]]:
+    """System name → its runs (in input order); by default every run is its own system.
+
+    Raises:
+        ConfigError: ``systems`` has a different length than the runs or an empty name.
+    """
+    if systems is None:
+        return {name: [name] for name in labels}
+    systems = [str(s).strip() for s in systems]
+    if len(systems) != len(labels):
+        raise ConfigError(f"got {len(systems)} system name(s) {systems} for {len(labels)} predictions file(s)")
+    if not all(systems):
+        raise ConfigError(f"system names must not be empty: {systems}")
+    groups: dict[str, list[str]] = {}
+    for name, system in zip(labels, systems):
+        groups.setdefault(system, []).append(name)
+    return groups
+
+
+def _paired_block(
+    tables: Mapping[str, Predictions], groups: Mapping[str, Sequence[str]], *, n_resamples: int, seed: int, unit: str,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The paired comparison of the runs, or None and the reason it was not computed."""
+    if n_resamples == 0:
+        return None, "no bootstrap resamples (n_resamples = 0)"
+    try:
+        aligned = dict(zip(tables, align_runs(list(tables.values()))))
+    except DataError as exc:
+        logger.warning("no paired comparison: %s", exc)
+        return None, f"the runs do not hold the same rows ({exc}); the Δ above compare different test sets"
+    paired = paired_comparison(
+        {system: [aligned[run] for run in runs] for system, runs in groups.items()},
+        unit=unit, n_resamples=n_resamples, seed=seed, run_names={system: list(runs) for system, runs in groups.items()},
+    )
+    return paired, None
+
+
 def _json_text(obj: Any) -> str:
     # allow_nan=False: a NaN that slipped through would make invalid JSON; fail before writing
     return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
@@ -150,6 +200,7 @@ def write_report(
     seed: int = 0,
     unit: str = "utterance",
     plots: bool = True,
+    systems: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate predictions tables and write the report (see the module docstring for the layout).
 
@@ -162,15 +213,20 @@ def write_report(
         seed: bootstrap seed.
         unit: bootstrap unit, ``utterance`` or ``speaker`` (cluster bootstrap).
         plots: also write the PNG plots.
+        systems: a system name per table; tables sharing one are that system's seeds in the
+            paired comparison (default: every table is its own system). The reference system is
+            the first table's.
 
     Returns:
         ``{"runs": {name: {"source", "dir", "summary"}}, "comparison": {"reference", "frame",
-        "markdown"} or None, "markdown": the Markdown to show (the run's or the comparison's),
-        "files": [written paths]}``.
+        "markdown", "paired"} or None, "markdown": the Markdown to show (the run's or the
+        comparison's), "files": [written paths]}``; ``paired`` is the
+        :func:`llmfair.metrics.paired_comparison` dict or None (rows differ, or no resamples).
 
     Raises:
-        ConfigError: no files, a bad ``unit``/``n_resamples``/``names``.
-        DataError: a missing or invalid predictions file, or runs with different label spaces.
+        ConfigError: no files, a bad ``unit``/``n_resamples``/``names``/``systems``.
+        DataError: a missing or invalid predictions file, runs with different label spaces, or a
+            system listing the same predictions twice.
     """
     paths = [Path(p) for p in prediction_paths]
     if not paths:
@@ -183,10 +239,14 @@ def write_report(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"report output {out} exists and is not a directory")
     labels = run_names(paths, names)
+    groups = system_groups(labels, systems)
     tables = {name: read_predictions(p) for name, p in zip(labels, paths)}
+    paired: dict[str, Any] | None = None
+    paired_note: str | None = None
     if len(tables) > 1:
         check_same_label_space(tables)
         _warn_if_rows_differ(tables)
+        paired, paired_note = _paired_block(tables, groups, n_resamples=n_resamples, seed=seed, unit=unit)
 
     summaries: dict[str, dict[str, Any]] = {}
     texts: dict[str, dict[str, str]] = {}
@@ -204,19 +264,30 @@ def write_report(
     if not single:
         frame = comparison_frame(summaries)
         sources = {name: str(t.source) for name, t in tables.items()}
-        markdown = comparison_markdown(summaries, frame, sources=sources)
+        run_system = {run: system for system, runs in groups.items() for run in runs} if systems is not None else None
+        markdown = comparison_markdown(summaries, frame, sources=sources, paired=paired, paired_note=paired_note,
+                                       systems=run_system)
         reference = labels[0]
-        comparison = {"reference": reference, "frame": frame, "markdown": markdown}
+        comparison = {"reference": reference, "frame": frame, "markdown": markdown, "paired": paired}
+        doc: dict[str, Any] = {
+            "reference": reference,
+            "runs": [{"name": n, "source": sources[n], "n": summaries[n]["n"], "dir": n,
+                      **({"system": run_system[n]} if run_system else {})} for n in tables],
+            "label_space": summaries[reference]["label_space"],
+            "bootstrap": summaries[reference]["bootstrap"],
+            "rows": frame_records(frame),
+        }
+        doc.update(unit=unit, n_resamples=n_resamples, seed=seed, confidence=summaries[reference]["bootstrap"]["confidence"])
+        if paired is not None:
+            doc.update({"reference_system": paired["reference"],
+                        **{k: paired[k] for k in ("method", "n_rows", "n_clusters", "figures")},
+                        "speakers": paired["speakers"], "systems": paired["systems"], "paired": paired["paired"]})
+        else:
+            doc["paired_skipped"] = paired_note
         comparison_texts = {
             "comparison.md": markdown,
             "comparison.csv": frame.to_csv(index=False),
-            "comparison.json": _json_text({
-                "reference": reference,
-                "runs": [{"name": n, "source": sources[n], "n": summaries[n]["n"], "dir": n} for n in tables],
-                "label_space": summaries[reference]["label_space"],
-                "bootstrap": summaries[reference]["bootstrap"],
-                "rows": frame_records(frame),
-            }),
+            "comparison.json": _json_text(doc),
         }
 
     files: list[Path] = []
