@@ -91,12 +91,48 @@ def _load_run_config(path: str, overrides: list[str]):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from llmfair.speechllm.run import train
+    from llmfair.speechllm.run import parse_seeds, seed_run_dir, train, train_seeds
 
-    manifest = train(_load_run_config(args.config, args.set), args.out, resume=args.resume, overwrite=args.overwrite)
+    config = _load_run_config(args.config, args.set)
+    seeds = parse_seeds(args.seeds)
+    if seeds is not None and len(seeds) > 1:
+        result = train_seeds(config, args.out, seeds, resume=args.resume, overwrite=args.overwrite)
+        for seed in seeds:
+            manifest = result["runs"][seed]
+            print(f"seed {seed}: {manifest['global_steps']} steps, run in {seed_run_dir(args.out, seed)}")
+        print(f"{len(seeds)} seeds listed in {Path(args.out) / 'seeds.json'}")
+        return 0
+    if seeds is not None:
+        config.training = {**config.training, "seed": seeds[0]}
+    manifest = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"run in {args.out}: {manifest['global_steps']} steps, adapter in {Path(args.out) / 'adapter'}")
     for split, path in manifest["predictions"].items():
         print(f"predictions ({split}): {path}")
+    return 0
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from llmfair.benchmark import run_benchmark
+
+    recipe = _load_run_config(args.recipe, args.set) if args.recipe else None
+    if args.set and not args.recipe:
+        raise LlmfairError("--set needs --recipe (it overrides values of that recipe)")
+    result = run_benchmark(
+        args.model, args.runs, args.out, recipe=recipe, corpus=args.corpus, split=args.split,
+        languages=_csv_list(args.languages), modalities=_csv_list(args.modalities) or ("audio", "audio_text"),
+        batch_size=args.batch_size, encoder_cache=not args.no_encoder_cache, n_resamples=args.n_resamples,
+        unit=args.unit, seed=args.seed, plots=not args.no_plots, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(result["report_result"]["markdown"], end="")
+    speakers = result["speakers"]
+    print(f"\n{len(result['systems'])} system(s) on {result['rows']} rows ({result['split']} split; "
+          f"{speakers['female']} female / {speakers['male']} male speakers) in {result['seconds']:.0f} s; "
+          f"tables and report in {args.out}")
     return 0
 
 
@@ -117,79 +153,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------- demo
-DEMO_OBJECTIVES = ("erm", "minmaxgap")
-
-
-def demo_table(prediction_paths: dict[str, Path], majority_class: str) -> str:
-    """Weighted F1 and accuracy per language × gender, the runs side by side, with the male −
-    female gap per language and the majority-class baseline."""
-    import numpy as np
-    from sklearn.metrics import f1_score
-
-    from llmfair.metrics import SliceMetrics
-    from llmfair.predictions import read_predictions
-
-    frames = {}
-    baseline = None
-    for name, path in prediction_paths.items():
-        pred = read_predictions(path)
-        table = SliceMetrics.from_predictions(pred, by=("language", "gender")).table(("accuracy", "weighted_f1"))
-        overall = SliceMetrics.from_predictions(pred, by=("split",)).table(("accuracy", "weighted_f1"))
-        table = table.assign(language=table["language"], gender=table["gender"])
-        frames[name] = (table, overall)
-        if baseline is None:
-            labels = pred.labels
-            constant = np.full_like(labels, list(pred.classes).index(majority_class))
-            baseline = f1_score(labels, constant, average="weighted", labels=np.arange(len(pred.classes)), zero_division=0)
-    names = list(frames)
-    lines = [f"{'language':<9}{'gender':<9}{'n':>5}" + "".join(f"{n + ' W-F1':>16}{n + ' acc':>15}" for n in names)
-             + (f"{'Δ W-F1':>9}" if len(names) == 2 else "")]
-    first = frames[names[0]][0]
-    for i, row in first.iterrows():
-        values = [frames[n][0].iloc[i] for n in names]
-        cells = "".join(f"{v['weighted_f1']:>16.3f}{v['accuracy']:>15.3f}" for v in values)
-        delta = f"{values[1]['weighted_f1'] - values[0]['weighted_f1']:>+9.3f}" if len(names) == 2 else ""
-        lines.append(f"{row['language']:<9}{row['gender']:<9}{int(row['n']):>5}{cells}{delta}")
-    lines.append("")
-    for lang in sorted(first["language"].unique()):
-        gaps = []
-        for n in names:
-            t = frames[n][0]
-            f = t[(t["language"] == lang) & (t["gender"] == "female")]["weighted_f1"]
-            m = t[(t["language"] == lang) & (t["gender"] == "male")]["weighted_f1"]
-            gaps.append(float(m.iloc[0] - f.iloc[0]) if len(f) and len(m) else float("nan"))
-        lines.append(f"male − female W-F1 gap, {lang}: " + ", ".join(f"{n} {g:+.3f}" for n, g in zip(names, gaps)))
-    overall = ", ".join(f"{n} {frames[n][1]['weighted_f1'].iloc[0]:.3f}" for n in names)
-    lines.append(f"overall weighted F1: {overall}; majority-class baseline ({majority_class}) {baseline:.3f}")
-    return "\n".join(lines)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    import time
-    from importlib import resources
+    from llmfair.demo import demo_table, run_demo
+    from llmfair.speechllm.run import parse_seeds
 
-    from llmfair.report import write_report
-    from llmfair.speechllm.run import train
-    from llmfair.training.config import RunConfig
-
-    out = Path(args.out)
-    with resources.as_file(resources.files("llmfair") / "resources" / "demo_tiny.yaml") as path:
-        base = RunConfig.from_yaml(path, {"data.root": str(out / "corpus"), "data.synth_seed": args.seed,
-                                          "training.seed": args.seed,
-                                          **({"training.num_train_epochs": args.epochs} if args.epochs else {})})
-    paths = {}
-    for name in DEMO_OBJECTIVES:
-        started = time.time()
-        config = RunConfig.from_mapping({**base.to_dict(), "objective": {
-            "name": name, "sampler": "group_covering" if name == "minmaxgap" else "random",
-            "options": {"weight": "ratio", "lambda_init": 1.0} if name == "minmaxgap" else {}}}, source=base.source)
-        manifest = train(config, out / name, overwrite=True, predict_splits=["test"])
-        paths[name] = Path(manifest["predictions"]["test"])
-        print(f"[{name}] trained {manifest['global_steps']} steps in {time.time() - started:.0f} s", flush=True)
-    write_report(list(paths.values()), out / "report", names=list(paths), n_resamples=args.n_resamples, seed=args.seed)
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    result = run_demo(args.out, seeds=seeds, corpus_seed=args.seed, epochs=args.epochs,
+                      n_resamples=args.n_resamples, unit=args.unit, progress=not args.no_progress)
     print()
-    print(demo_table(paths, majority_class="neutral"))
-    print(f"\nreports, plots and model runs in {out} (comparison: {out / 'report' / 'comparison.md'})")
+    print(demo_table(result["comparison"]))
+    out = Path(args.out)
+    print(f"\nfinished in {result['seconds']['total']:.0f} s; runs in {out}, predictions and report in "
+          f"{out / 'benchmark'} (comparison: {out / 'benchmark' / 'report' / 'comparison.md'})")
     return 0
 
 
@@ -197,9 +172,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from llmfair.report import write_report
 
-    names = [n.strip() for n in args.names.split(",")] if args.names else None
-    result = write_report(args.predictions, args.out, names=names, n_resamples=args.n_resamples, seed=args.seed,
-                          unit=args.unit, plots=not args.no_plots)
+    result = write_report(args.predictions, args.out, names=_csv_list(args.names), systems=_csv_list(args.systems),
+                          n_resamples=args.n_resamples, seed=args.seed, unit=args.unit, plots=not args.no_plots)
     print(result["markdown"], end="")
     print(f"\nreport written to {args.out}")
     return 0
@@ -312,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="predictions table(s) (CSV or Parquet); with several, the first is the reference")
     report.add_argument("--out", required=True, help="report directory (created; existing files are replaced)")
     report.add_argument("--names", default=None, help="comma-separated run names (default: the file stems)")
+    report.add_argument("--systems", default=None,
+                        help="comma-separated system of each table (default: each table is its own system); tables "
+                             "sharing a system are its seeds: figures are averaged over them and compared paired")
     report.add_argument("--n-resamples", type=int, default=1000, help="bootstrap replicates (default 1000; 0: none)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     report.add_argument("--unit", choices=["utterance", "speaker"], default="utterance",
@@ -324,9 +301,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a recipe value (YAML syntax); repeatable")
+    train.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                       help="training seed(s); several train one run per seed into OUT/seed-<s>/ (same corpus, "
+                            "listed in OUT/seeds.json) for reports that separate seed noise from row noise")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     train.set_defaults(func=cmd_train)
+
+    bench = sub.add_parser("benchmark", help="score base models zero-shot and fine-tuned runs on one corpus split; "
+                                             "predictions per system and a paired comparison report")
+    bench.add_argument("runs", nargs="*", metavar="RUN",
+                       help="finished run directories ([NAME=]DIR; a run trained with --seeds is one system; "
+                            "directories given the same NAME are seeds of one system)")
+    bench.add_argument("--model", action="append", default=[], metavar="[NAME=]MODEL",
+                       help="base model scored zero-shot: tiny, a local directory or a hub id (repeatable); when "
+                            "given, every RUN must have been trained on one of them")
+    bench.add_argument("--out", required=True, help="output directory (predictions per system, report/, benchmark.json)")
+    bench.add_argument("--recipe", default=None,
+                       help="recipe YAML for the zero-shot systems' prompts, verbalizer and loading "
+                            "(default: the packaged demo recipe); runs use their own")
+    bench.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a value of --recipe (YAML syntax); repeatable")
+    bench.add_argument("--corpus", default=None, help="MELD-ST-layout directory (default: the recipe's data.root)")
+    bench.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to score (default test)")
+    bench.add_argument("--languages", default=None, help="comma-separated (default: every language of the corpus)")
+    bench.add_argument("--modalities", default="audio,audio_text", help="comma-separated (default: both)")
+    bench.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: the recipe's eval batch size)")
+    bench.add_argument("--no-encoder-cache", action="store_true", help="run the audio encoder on every row")
+    bench.add_argument("--unit", choices=["utterance", "speaker"], default="utterance",
+                       help="bootstrap unit of the report (speaker = cluster bootstrap; see README)")
+    bench.add_argument("--n-resamples", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    bench.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument("--overwrite", action="store_true", help="replace the files of an earlier benchmark in --out")
+    bench.set_defaults(func=cmd_benchmark)
 
     predict = sub.add_parser("predict", help="write the predictions table of a finished run")
     predict.add_argument("run_dir", help="a run directory written by `llmfair train`")
@@ -354,11 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
 
-    demo = sub.add_parser("demo", help="built-in corpus → tiny Qwen2-Audio with erm and minmaxgap → comparison")
+    demo = sub.add_parser("demo", help="built-in corpus → tiny Qwen2-Audio with erm and minmaxgap → benchmark with the "
+                                       "base model zero-shot, paired differences")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="corpus seed (and the training seed without --seeds)")
+    demo.add_argument("--seeds", default=None, metavar="S1,S2,...", help="training seeds (default: --seed)")
     demo.add_argument("--epochs", type=float, default=None, help="override the demo recipe's epochs")
+    demo.add_argument("--unit", choices=["utterance", "speaker"], default="speaker",
+                      help="bootstrap unit of the comparison (default speaker)")
     demo.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples in the report")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
     correct = sub.add_parser("correct", help="post-hoc cross-modal correction net (emotion x speaker gender)")

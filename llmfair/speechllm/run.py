@@ -73,9 +73,11 @@ def to_records(examples: Sequence[Example], spec: GroupSpec, keys: Sequence[str]
 
 
 # ------------------------------------------------------------------------------------ model
-def build_classifier(config: RunConfig, *, adapter: str | Path | None = None, trainable: bool = True):
+def build_classifier(config: RunConfig, *, adapter: str | Path | None = None, trainable: bool = True,
+                     zero_shot: bool = False):
     """(classifier, processor, collator, lora target names) for ``config``; with ``adapter`` the
-    trained adapter is loaded instead of fresh LoRA weights."""
+    trained adapter is loaded instead of fresh LoRA weights; ``zero_shot`` scores the base model
+    as it is (no LoRA, every parameter frozen, no target names)."""
     from llmfair.options import dataclass_from_mapping
     from llmfair.speechllm.classifier import SpeechLLMClassifier
     from llmfair.speechllm.collator import SpeechLLMCollator
@@ -90,7 +92,12 @@ def build_classifier(config: RunConfig, *, adapter: str | Path | None = None, tr
     model, processor = load_speech_llm(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                        gradient_checkpointing=m.gradient_checkpointing, quantization=m.quantization)
     lora = dataclass_from_mapping(LoraOptions, config.lora, source=f"{config.source} [lora]")
-    if adapter is None:
+    if zero_shot:
+        if adapter is not None:
+            raise ConfigError("a zero-shot classifier takes no adapter")
+        model.requires_grad_(False)
+        targets: list[str] = []
+    elif adapter is None:
         model, targets = apply_lora(model, lora)
     else:
         from peft import PeftModel
@@ -245,17 +252,25 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
 # ------------------------------------------------------------------------------------ predict
 @torch.no_grad()
 def predict_examples(classifier, collator, examples: Sequence[Example], out_path: str | Path, *,
-                     batch_size: int = 8, objective=None) -> Path:
-    """Score ``examples`` and write the predictions table (probabilities from the class logits)."""
+                     batch_size: int = 8, objective=None, progress: bool = False, desc: str = "predicting") -> Path:
+    """Score ``examples`` and write the predictions table (probabilities from the class logits).
+
+    ``progress`` shows a tqdm bar over the batches (``desc`` labels it).
+    """
+    from tqdm.auto import tqdm
+
     from llmfair.predictions import write_predictions
 
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1; got {batch_size}")
     was_training = classifier.training
     classifier.eval()
     records = [{"audio": e.audio, "text": e.text, "language": e.language, "modality": e.modality,
                 "emotion": e.emotion} for e in examples]
     probs = []
     device = next(classifier.parameters()).device
-    for start in range(0, len(records), batch_size):
+    starts = range(0, len(records), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
         batch = collator(records[start:start + batch_size])
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         outputs = classifier(**batch)
@@ -273,19 +288,36 @@ def predict_examples(classifier, collator, examples: Sequence[Example], out_path
     return Path(out_path)
 
 
-def predict(run_dir: str | Path, split: str = "test", out: str | Path | None = None, *,
-            batch_size: int = 8) -> Path:
-    """Predictions of a finished run on ``split`` (the run's adapter on a fresh base model)."""
+def is_finished_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (its resolved recipe and its adapter)."""
+    return (Path(run_dir) / CONFIG_FILE).is_file() and (Path(run_dir) / ADAPTER_DIR).is_dir()
+
+
+def finished_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved recipe of a finished run whose adapter alone can predict.
+
+    Raises:
+        ConfigError: ``run_dir`` is not a finished run, or its objective predicts with a classifier
+            of its own (LfF, DisEnt) that the adapter does not hold.
+    """
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / ADAPTER_DIR).is_dir():
+    if not is_finished_run(run_dir):
         raise ConfigError(f"{run_dir} is not a finished llmfair run (needs {CONFIG_FILE} and {ADAPTER_DIR}/)")
     config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
     from llmfair.objectives import OBJECTIVES, Objective
 
     cls = OBJECTIVES.get(config.objective.name)
     if cls is not None and cls.predict_logits is not Objective.predict_logits:
-        raise ConfigError(f"objective {config.objective.name!r} predicts with its own classifier, which the adapter "
-                          f"does not hold; use the predictions written at training time in {run_dir}")
+        raise ConfigError(f"{run_dir}: objective {config.objective.name!r} predicts with its own classifier, which the "
+                          f"adapter does not hold; use the predictions written at training time in {run_dir}")
+    return config
+
+
+def predict(run_dir: str | Path, split: str = "test", out: str | Path | None = None, *,
+            batch_size: int = 8) -> Path:
+    """Predictions of a finished run on ``split`` (the run's adapter on a fresh base model)."""
+    run_dir = Path(run_dir)
+    config = finished_run_config(run_dir)
     config.data.synth_seed = None  # the corpus exists already
     original = (config.data.train_split, config.data.eval_split, config.data.predict_split)
     config.data.train_split = config.data.eval_split = config.data.predict_split = split
@@ -296,3 +328,101 @@ def predict(run_dir: str | Path, split: str = "test", out: str | Path | None = N
     classifier, _, collator, _ = build_classifier(config, adapter=run_dir / ADAPTER_DIR, trainable=False)
     return predict_examples(classifier, collator, examples, out or run_dir / f"predictions_{split}.csv",
                             batch_size=batch_size)
+
+
+# ------------------------------------------------------------------------------------ seeds
+SEEDS_FILE = "seeds.json"
+
+
+def seed_run_dir(run_dir: str | Path, seed: int) -> Path:
+    """Where seed ``seed`` of a multi-seed run lives: ``RUN/seed-<seed>``."""
+    return Path(run_dir) / f"seed-{int(seed)}"
+
+
+def parse_seeds(text: str | Sequence[int] | None, *, what: str = "--seeds") -> list[int] | None:
+    """``"0,1,2"`` (or a list) → ``[0, 1, 2]``; None stays None.
+
+    Raises:
+        ConfigError: a value that is not a non-negative integer, an empty list, or a repeated seed
+            (it would train the same run twice and count it as two).
+    """
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    seeds: list[int] = []
+    for part in parts:
+        if isinstance(part, bool) or not (isinstance(part, int) or (isinstance(part, str) and part.isdigit())):
+            raise ConfigError(f"{what}: {part!r} is not a non-negative integer seed (expected e.g. 0,1,2)")
+        seeds.append(int(part))
+    if not seeds:
+        raise ConfigError(f"{what}: no seed given")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"{what}: seed(s) {repeated} given more than once in {text!r}")
+    return seeds
+
+
+def run_seed_dirs(run_dir: str | Path) -> list[tuple[int | None, Path]]:
+    """The finished runs of ``run_dir``: ``[(None, run_dir)]`` for a single run, or
+    ``[(seed, RUN/seed-<seed>), ...]`` for a run trained with several seeds (``seeds.json``).
+
+    Raises:
+        ConfigError: ``run_dir`` is neither, or a seed listed in ``seeds.json`` has not finished.
+    """
+    run_dir = Path(run_dir)
+    if is_finished_run(run_dir):
+        return [(None, run_dir)]
+    listing = run_dir / SEEDS_FILE
+    if not listing.is_file():
+        raise ConfigError(f"{run_dir} is not a finished llmfair run (needs {CONFIG_FILE} and {ADAPTER_DIR}/, "
+                          f"or {SEEDS_FILE} of a run trained with several seeds)")
+    import json
+
+    try:
+        seeds = parse_seeds(json.loads(listing.read_text(encoding="utf-8"))["seeds"], what=str(listing))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{listing} is not a seeds listing written by llmfair: {exc}") from None
+    out = []
+    for seed in seeds or []:
+        path = seed_run_dir(run_dir, seed)
+        if not is_finished_run(path):
+            raise ConfigError(f"{run_dir}: seed {seed} has not finished ({path} has no {CONFIG_FILE} and {ADAPTER_DIR}/); "
+                              f"rerun `llmfair train ... --seeds` with --resume")
+        out.append((seed, path))
+    return out
+
+
+def train_seeds(config: RunConfig, run_dir: str | Path, seeds: Sequence[int], *, resume: bool = False,
+                overwrite: bool = False, predict_splits: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train the same recipe once per seed into ``RUN/seed-<seed>/`` and list them in ``RUN/seeds.json``.
+
+    The seed sets ``training.seed`` (initialisation, data order, dropout); the corpus (and its
+    ``synth_seed``) stays the same, so every seed is evaluated on the same rows and a report can
+    separate seed noise from row noise. Seeds that already finished are kept when ``resume`` is set.
+
+    Returns:
+        ``{"seeds": [...], "runs": {seed: manifest}}``.
+    """
+    import copy
+    import json
+
+    seeds = parse_seeds(list(seeds)) or []
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_FILE).is_file() and not overwrite:
+        raise ConfigError(f"{run_dir} holds a single-seed run; choose another --out for a multi-seed run")
+    manifests: dict[int, Any] = {}
+    for seed in seeds:
+        seed_config = copy.deepcopy(config)
+        seed_config.training = {**seed_config.training, "seed": seed}
+        seed_dir = seed_run_dir(run_dir, seed)
+        if resume and is_finished_run(seed_dir) and (seed_dir / "manifest.json").is_file():
+            logger.info("seed %d already finished in %s", seed, seed_dir)
+            manifests[seed] = json.loads((seed_dir / "manifest.json").read_text(encoding="utf-8"))
+            continue
+        has_checkpoint = resume and last_complete_checkpoint(seed_dir / "checkpoints") is not None
+        manifests[seed] = train(seed_config, seed_dir, resume=has_checkpoint, overwrite=overwrite,
+                                predict_splits=predict_splits)
+    from llmfair._atomic import write_json
+
+    write_json(run_dir / SEEDS_FILE, {"seeds": seeds, "runs": [seed_run_dir(run_dir, s).name for s in seeds]})
+    return {"seeds": seeds, "runs": manifests}

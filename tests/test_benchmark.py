@@ -1,0 +1,152 @@
+"""`llmfair benchmark`: base models zero-shot and fine-tuned runs (one or several seeds) scored on
+the same rows, with the frozen-encoder cache, and the bad inputs it must refuse before loading."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmfair.benchmark import resolve_systems, run_benchmark
+from llmfair.cli import main as cli_main
+from llmfair.data.meld_st import read_meld_st
+from llmfair.errors import ConfigError
+from llmfair.predictions import read_predictions
+from llmfair.speechllm.run import build_classifier, parse_seeds, predict_examples, train, train_seeds
+from llmfair.training.config import RunConfig
+from tests.test_speechllm_run import corpus, llmfair_cache, recipe  # noqa: F401  (fixtures)
+
+torch.set_num_threads(1)
+
+
+def _probs(path: Path) -> np.ndarray:
+    table = read_predictions(path)
+    frame = table.frame.sort_values(["id", "modality"])
+    return frame[[f"prob_{c}" for c in table.classes]].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def finished_run(llmfair_cache, corpus, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("bench") / "erm"
+    train(RunConfig.from_mapping(recipe(corpus, objective={"name": "erm"}, max_steps=3, learning_rate=5e-3)), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def seeded_run(llmfair_cache, corpus, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("bench-seeds") / "erm"
+    config = RunConfig.from_mapping(recipe(corpus, objective={"name": "erm"}, max_steps=2, learning_rate=5e-3))
+    train_seeds(config, run, [0, 1], predict_splits=[])
+    return run
+
+
+def test_zero_shot_and_finetuned_on_the_same_rows(llmfair_cache, corpus, finished_run, tmp_path) -> None:
+    out = tmp_path / "bench"
+    result = run_benchmark(["tiny"], [f"erm={finished_run}"], out, corpus=corpus, n_resamples=50, plots=False,
+                           progress=False)
+    # every language of the corpus and both modalities by default
+    expected = read_meld_st(corpus, splits=["test"], modalities=("audio", "audio_text"))
+    assert result["rows"] == len(expected)
+    zero = read_predictions(out / "zero-shot" / "predictions_test.csv")
+    assert set(zero.frame["language"]) == {"eng", "deu", "jpn"}
+    assert set(zero.frame["modality"]) == {"audio", "audio_text"}
+
+    # zero-shot = the base model itself: a fresh LoRA (B = 0) on the same base gives the same probabilities
+    config = RunConfig.from_mapping(recipe(corpus))
+    classifier, _, collator, _ = build_classifier(config)
+    direct = predict_examples(classifier, collator, expected, tmp_path / "direct.csv", batch_size=5)
+    np.testing.assert_allclose(_probs(out / "zero-shot" / "predictions_test.csv"), _probs(direct), atol=1e-5)
+
+    # the fine-tuned system reproduces the run's own test predictions on the rows they share (eng/audio)
+    own = read_predictions(finished_run / "predictions_test.csv").frame.set_index(["id", "modality"])
+    bench = read_predictions(out / "erm" / "predictions_test.csv").frame.set_index(["id", "modality"])
+    cols = [c for c in own.columns if c.startswith("prob_")]
+    shared = own.index.intersection(bench.index)
+    assert len(shared) == len(own)
+    np.testing.assert_allclose(bench.loc[shared, cols].to_numpy(), own.loc[shared, cols].to_numpy(), atol=1e-5)
+    assert not np.allclose(_probs(out / "zero-shot" / "predictions_test.csv"), _probs(out / "erm" / "predictions_test.csv"),
+                           atol=1e-3)  # the adapter changes the model
+
+    # the encoder ran at most once per clip: the second system is served from the cache
+    erm_cache = result["systems"][1]["tables"][0]["encoder_cache"]
+    assert erm_cache["misses"] == 0 and erm_cache["hits"] == result["rows"]
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert [s["name"] for s in summary["systems"]] == ["zero-shot", "erm"]
+    assert summary["speakers"]["female"] >= 1 and summary["speakers"]["male"] >= 1
+    comparison = json.loads((out / "report" / "comparison.json").read_text())
+    assert set(comparison["paired"]) == {"erm"}
+
+    # without the cache the probabilities are the same
+    again = run_benchmark(["tiny"], [], tmp_path / "nocache", corpus=corpus, encoder_cache=False, n_resamples=0,
+                          plots=False, progress=False)
+    np.testing.assert_allclose(_probs(tmp_path / "nocache" / "zero-shot" / "predictions_test.csv"),
+                               _probs(out / "zero-shot" / "predictions_test.csv"), atol=1e-5)
+    assert again["systems"][0]["tables"][0]["encoder_cache"] is None
+
+
+def test_multi_seed_run_is_one_system(llmfair_cache, corpus, seeded_run, tmp_path) -> None:
+    assert json.loads((seeded_run / "seeds.json").read_text())["seeds"] == [0, 1]
+    out = tmp_path / "bench"
+    result = run_benchmark([], [str(seeded_run)], out, corpus=corpus, languages=["eng"], modalities=["audio"],
+                           n_resamples=20, plots=False, progress=False)
+    (system,) = result["systems"]
+    assert system["name"] == "erm" and system["seeds"] == [0, 1]
+    a, b = (_probs(out / "erm" / f"seed-{s}" / "predictions_test.csv") for s in (0, 1))
+    assert not np.allclose(a, b)  # two seeds, two models
+    comparison = json.loads((out / "report" / "comparison.json").read_text())
+    assert comparison["systems"]["erm"]["seeds"] == 2
+
+
+def test_bad_inputs_are_refused_before_loading(llmfair_cache, corpus, finished_run, seeded_run, tmp_path,
+                                               caplog) -> None:
+    with pytest.raises(ConfigError, match="trained on base model 'tiny'.*not a --model"):
+        resolve_systems(["/some/other/model"], [str(finished_run)])
+    with pytest.raises(ConfigError, match="given twice"):
+        resolve_systems(["tiny"], [str(finished_run), f"again={finished_run}"])
+    with pytest.raises(ConfigError, match="training seed 0 twice"):
+        resolve_systems([], [f"erm={finished_run}", f"erm={seeded_run / 'seed-0'}"])
+    with pytest.raises(ConfigError, match="not a finished llmfair run"):
+        resolve_systems([], [str(tmp_path)])
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        resolve_systems([], [])
+    with pytest.raises(ConfigError, match=r"given more than once in '0,1,0'"):
+        parse_seeds("0,1,0")
+    with pytest.raises(ConfigError, match="reference 'nope'"):
+        run_benchmark(["tiny"], [], tmp_path / "x", corpus=corpus, reference="nope", progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty and holds no benchmark.json"):
+        run_benchmark(["tiny"], [], foreign, corpus=corpus, progress=False)
+    assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
+    # a split with one gender only: a warning, and the gaps are undefined rather than an error
+    with caplog.at_level(logging.WARNING, logger="llmfair.benchmark"):
+        from llmfair.benchmark import load_benchmark_examples
+
+        examples = load_benchmark_examples(RunConfig.from_mapping(recipe(corpus)), corpus, "test", ["eng"], ["audio"])
+        assert {e.gender for e in examples} == {"female", "male"}
+    females = {e.speaker for e in examples if e.gender == "female"}
+    table = tmp_path / "genders.csv"
+    table.write_text("speaker,gender\n" + "".join(f"{s},male\n" for s in females))
+    with caplog.at_level(logging.WARNING, logger="llmfair.benchmark"):
+        config = RunConfig.from_mapping({**recipe(corpus), "data": {"root": str(corpus), "gender_table": str(table)}})
+        load_benchmark_examples(config, corpus, "test", ["eng"], ["audio"])
+    assert any("no female speakers" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_benchmark(llmfair_cache, corpus, finished_run, tmp_path, capsys) -> None:
+    out = tmp_path / "cli"
+    code = cli_main(["benchmark", "--model", "tiny", f"erm={finished_run}", "--corpus", str(corpus), "--out", str(out),
+                     "--languages", "eng,deu", "--n-resamples", "30", "--unit", "speaker", "--no-plots",
+                     "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "2 system(s)" in printed and "female" in printed
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert summary["languages"] == ["eng", "deu"] and summary["bootstrap"]["unit"] == "speaker"
+    # a second run into the same directory needs --overwrite, and then replaces only its own files
+    assert cli_main(["benchmark", "--model", "tiny", "--corpus", str(corpus), "--out", str(out), "--no-plots"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
