@@ -2,16 +2,21 @@
 
 Prints clips (one utterance in one language) per second, source utterances and CSV rows per
 second, seconds per clip split into eSpeak synthesis vs resampling + WAV encoding + the rest
-(planning, file and CSV writing), and the total wall time. Not run by pytest.
+(planning, file and CSV writing), and the total wall time; then what the MELD-ST reader sees:
+test utterances and speakers per language × gender (English de-duplicated over the two pairs).
+Not run by pytest.
 
-    .venv/bin/python bench/bench_synth.py [--utterances-per-pair 240] [--seed 0]
+    .venv/bin/python bench/bench_synth.py [--utterances-per-pair 640] [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
+
+from llmfair.data.meld_st import read_meld_st
 
 from llmfair.data.synth import SynthConfig, generate_corpus
 from llmfair.data.synth import corpus as corpus_module
@@ -46,6 +51,7 @@ def main() -> None:
             start = time.perf_counter()
             manifest = generate_corpus(Path(tmp) / "corpus", config)
             total = time.perf_counter() - start
+            test = read_meld_st(Path(tmp) / "corpus", splits=["test"])  # one example per utterance (audio)
     finally:
         espeak_module.synthesize, corpus_module.wav_bytes = real_synth, real_wav
 
@@ -63,6 +69,14 @@ def main() -> None:
     print(f"resampling+writing total: {timers['resample+encode'] + rest:.2f} s; synthesis total: "
           f"{timers['synthesis']:.2f} s")
     print(f"total wall time: {total:.2f} s")
+    utterances, speakers = Counter(), defaultdict(set)
+    for e in test:
+        utterances[(e.language, e.gender)] += 1
+        speakers[(e.language, e.gender)].add(e.speaker)
+    print("test split (utterances / speakers; each utterance is an audio and an audio_text example):")
+    for lang in ("eng", "deu", "jpn"):
+        print(f"  {lang}: " + ", ".join(f"{g} {utterances[(lang, g)]} / {len(speakers[(lang, g)])}"
+                                        for g in ("female", "male")))
 
 
 if __name__ == "__main__":

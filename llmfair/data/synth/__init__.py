@@ -1,6 +1,7 @@
 """The built-in offline corpus: multilingual, gendered, emotional speech synthesised with eSpeak NG
 and written in MELD-ST's layout (read it with :func:`llmfair.data.meld_st.read_meld_st`)."""
 from llmfair.data.synth.corpus import (
+    FORMANT_SHIFT_RANGE,
     FORMAT_VERSION,
     GENERATOR,
     MAX_CLIP_SECONDS,
@@ -36,7 +37,8 @@ from llmfair.data.synth.sentences import (
 )
 
 __all__ = [
-    "CorpusPlan", "EMOTION_SENTENCES", "ESPEAK_SAMPLE_RATE", "EspeakUnavailableError", "FORMAT_VERSION",
+    "CorpusPlan", "EMOTION_SENTENCES", "ESPEAK_SAMPLE_RATE", "EspeakUnavailableError", "FORMANT_SHIFT_RANGE",
+    "FORMAT_VERSION",
     "GENERATOR", "MAX_CLIP_SECONDS", "MELD_LIKE_PRIORS", "NEUTRAL_CONTENT_SENTENCES", "PROSODY", "Prosody",
     "SENTIMENT", "SentenceTriple", "SourceUtterance", "Speaker", "SynthConfig", "VOICE_VARIANTS",
     "espeak_available", "espeak_paths", "generate_corpus", "make_speakers", "parse_emotion_priors",

@@ -15,11 +15,17 @@ rater knobs never changes the audio, and a train-imbalanced corpus is a subset o
 one with the same seed, ids and audio bytes):
 
 1. **Speakers** (:func:`make_speakers`): synthetic characters with a unique name, a gender, an
-   eSpeak voice variant (``+f1..+f5`` female, ``+m1..+m7`` male) and personal pitch and rate
-   offsets. A character speaks all three languages with the same variant and offsets, like a
-   dubbed role. Train, dev and test speakers are disjoint and so are their voice variants (female:
-   f1–f3 train, f4 dev, f5 test with the default counts); speakers sharing a variant are kept apart
-   by pitch offsets spaced 6 eSpeak units (about 6 % of F0) apart.
+   eSpeak voice variant (15 per gender, :data:`VOICE_VARIANTS`: f1–f5 and named voices such as
+   Andrea, anika, shelby; m1–m4, m6–m8 and Andy, boris, travis, ...), a formant (vocal-tract length)
+   shift α, a pitch offset (moving the variant to its gender's :data:`TARGET_F0`, 200 or 94 Hz,
+   ±7 %) and a rate scale. A character speaks all three languages with the
+   same voice, like a dubbed role. Train, dev and test speakers are disjoint and so are their
+   voice variants; test gets a variant per speaker first (default: 8 test speakers of each gender
+   on 8 variants, 8 train speakers on 5, 4 dev speakers on 2). α is drawn per gender from
+   :data:`FORMANT_SHIFT_RANGE` (women 1.00–1.15, men 0.87–1.00), stratified so that speakers
+   sharing a variant get clearly different α. To a speaker encoder (resemblyzer) the default test
+   speakers are distinct voices: leave-one-out nearest-neighbour identification on clips with
+   other words is 1.0 (0.14 when every test speaker of a gender is one unshifted variant).
 2. **Source utterances** (:func:`plan_corpus`): ``shared_fraction`` of each pair's
    ``utterances_per_pair`` rows are English utterances that appear in *both* pairs (as in the
    real corpus); the rest belong to one pair. Each group is split train/dev/test, emotions are
@@ -40,10 +46,17 @@ one with the same seed, ids and audio bytes):
 5. **Ratings** (:func:`simulate_ratings`): each source utterance is rated by
    ``raters_per_utterance`` raters from a pool of ``raters_per_gender`` women and men.
 6. **Synthesis**: only what is kept is synthesised, once per (utterance, language) — a shared
-   English utterance has the same bytes in both pairs — at 22,050 Hz, resampled to 16 kHz with
-   :func:`llmfair.data.audio.resample`. English times in the CSVs place each utterance in its
-   own 10-second slot of a (season, episode), with the clip's real duration; a dubbed line starts
-   where its English source starts.
+   English utterance has the same bytes in both pairs. eSpeak speaks at 22,050 Hz with settings
+   compensated for the speaker's α (:func:`espeak_settings`); the samples are then resampled to
+   16 kHz with :func:`llmfair.data.audio.resample` *as if* they were at 22,050·α Hz, which scales
+   the formants by α while F0 and duration stay put (within ~3 % and ~1 %). English times in the
+   CSVs place each utterance in its own 10-second slot of a (season, episode), with the clip's
+   real duration; a dubbed line starts where its English source starts.
+
+Default size (``SynthConfig()``): 640 rows per pair (336 train, 64 dev, 240 test), 832 source
+utterances, 2,112 clips, 2,560 WAV files (about 170 MB), generated in about 15 s on 2 CPU cores.
+The reader sees 119–121 test utterances per gender in German and in Japanese and 154–158 in the
+de-duplicated English, each as an ``audio`` and an ``audio_text`` example.
 
 Everything is written into a temporary sibling directory and moved into place when complete.
 """
@@ -79,7 +92,8 @@ from llmfair.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 GENERATOR = "llmfair.synth"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: formant-shifted speakers and new voice variants (the audio of every config changed)."""
 MANIFEST_FILE = "corpus.json"
 SPEAKER_GENDER_FILE = "speaker_gender.csv"
 RATINGS_FILE = "ratings.csv"
@@ -89,9 +103,59 @@ MAX_CLIP_SECONDS = 8.0
 ESPEAK_VOICES: dict[str, str] = {"eng": "en", "deu": "de", "jpn": "ja"}
 """llmfair language code → eSpeak NG voice."""
 VOICE_VARIANTS: dict[str, tuple[str, ...]] = {
-    "female": ("f1", "f2", "f3", "f4", "f5"),  # median F0 172–206 Hz (measured, English)
-    "male": ("m1", "m2", "m3", "m4", "m5", "m6", "m7"),  # 81–105 Hz
+    # in split order for the default speaker counts: 5 train | 2 dev | 8 test variants per gender.
+    # Median F0 of neutral English speech at eSpeak pitch 50 (librosa YIN):
+    # f1 184, f2 209, f3 226, Annie 267, aunty 172 | f4 188, linda 231 |
+    # f5 208, Alicia 265, Andrea 245, anika 285, belinda 231, grandma 211, shelby 187, steph 187 Hz
+    "female": ("f1", "f2", "f3", "Annie", "aunty", "f4", "linda",
+               "f5", "Alicia", "Andrea", "anika", "belinda", "grandma", "shelby", "steph"),
+    # m1 99, m2 102, m3 107, m4 101, m7 113 | m6 103, Lee 97 |
+    # m8 90, Andy 100, antonio 116, boris 108, ian 87, norbert 108, sandro 101, travis 111 Hz
+    "male": ("m1", "m2", "m3", "m4", "m7", "m6", "Lee",
+             "m8", "Andy", "antonio", "boris", "ian", "norbert", "sandro", "travis"),
 }
+"""Gender → eSpeak NG voice variants (files in ``espeak-ng-data/voices/!v``). Chosen among the
+~100 shipped variants for a clearly female or male F0 in all three languages and for distinct
+timbres: f1–f5 and aunty (and m1–m7) sound much alike to a speaker encoder, the named variants
+much less, so the test split gets the named ones. Robotic, whispering, child-like and
+ungendered-sounding variants are left out, and so are near-copies (steph2/3 of steph, Gene2 ...)."""
+
+FORMANT_SHIFT_RANGE: dict[str, tuple[float, float]] = {"female": (1.0, 1.15), "male": (0.87, 1.0)}
+"""Gender → bounds of a speaker's formant (vocal-tract length) factor α. The clip is eSpeak's
+output played α times faster (resampled as if it were at 22,050·α Hz), which scales every formant
+by α; pitch, pitch range, rate and word gap are compensated in the eSpeak settings
+(:func:`espeak_settings`) so that F0 and duration stay where the speaker's settings put them
+(measured: within about 3 % and 1 %). Each range spans 15 % (adult vocal-tract length varies by
+about ±10 % within a gender); women's shifts go up and men's down, as adult women's formants lie
+15–20 % above men's. With one symmetric range (0.90–1.11) for both, k-means (K=2) on speaker
+embeddings of the training clips no longer separated gender (purity 0.67 instead of 1.0 on the
+40-row corpus of ``tests/test_groups.py``)."""
+MAX_SPEAKERS_PER_VARIANT = 4
+"""At most this many speakers of one split and gender share a voice variant; they get formant
+factors from disjoint slots of :data:`FORMANT_SHIFT_RANGE` (see :func:`make_speakers`)."""
+VARIANT_F0: dict[str, float] = {
+    "f1": 173, "f2": 187, "f3": 200, "Annie": 225, "aunty": 176, "f4": 173, "linda": 223, "f5": 198,
+    "Alicia": 239, "Andrea": 238, "anika": 261, "belinda": 224, "grandma": 190, "shelby": 167, "steph": 181,
+    "m1": 90, "m2": 98, "m3": 100, "m4": 89, "m7": 101, "m6": 97, "Lee": 93, "m8": 82, "Andy": 93,
+    "antonio": 106, "boris": 98, "ian": 80, "norbert": 98, "sandro": 95, "travis": 98,
+}
+"""Median F0 (Hz) of each variant at eSpeak pitch 50, neutral settings (rate 165, range 40):
+:func:`llmfair.ssl.acoustic.pitch_track` over 8 neutral sentences, geometric mean of English,
+German and Japanese (which differ by ≤ 3 %). The variants' own F0s spread 1.56× among women
+(167–261 Hz) and 1.34× among men (80–106 Hz)."""
+TARGET_F0: dict[str, float] = {"female": 200.0, "male": 94.0}
+"""Gender → the F0 (Hz) every speaker's variant is moved to before the personal offset: the
+variant's pitch offset is 50·log2(target / :data:`VARIANT_F0`) eSpeak units. Without it the
+female voices would spread wider in F0 than the male ones, and since emotion is carried by pitch
+*offsets*, an absolute-F0 cue would be less reliable for women by construction — a gender gap made
+by the choice of voices rather than by what the corpus is meant to study. The targets are about
+the pools' geometric means."""
+SPEAKER_PITCH_RANGE = 5.0
+"""A speaker's personal pitch offset is U(±this) eSpeak pitch units on top of the variant's
+(one unit is 2^(1/50), about 1.4 % of F0: ±7 %)."""
+VIRTUAL_RATE_STEP = 50
+"""The formant shift's virtual sample rate 22,050·α is rounded to a multiple of this (Hz), which
+keeps the polyphase resampling to 16 kHz cheap; α moves in steps of 0.23 %."""
 SENTIMENT: dict[str, str] = {
     "neutral": "neutral", "joy": "positive", "surprise": "positive",
     "sadness": "negative", "anger": "negative", "fear": "negative", "disgust": "negative",
@@ -104,7 +168,10 @@ MELD_LIKE_PRIORS: dict[str, float] = {
 """``emotion_priors="meld"``: MELD's skew (neutral-heavy) made milder so every class has data."""
 
 SPLIT_ORDER: tuple[str, ...] = ("train", "dev", "test")
-MAX_SPEAKERS_PER_SPLIT_GENDER = 12
+MAX_SPEAKERS_PER_SPLIT_GENDER = 20
+"""The most speakers of one gender in one split: the 15 variants per gender, shared out over the
+three splits, give each split 5 variants when all three have 20 speakers, so no more than
+:data:`MAX_SPEAKERS_PER_VARIANT` speakers ever share a variant."""
 
 _FIRST_NAMES: dict[str, tuple[str, ...]] = {
     "female": ("Anna", "Greta", "Hana", "Clara", "Emma", "Lena", "Mia", "Sofia", "Laura", "Marie", "Yuki",
@@ -212,14 +279,19 @@ class SynthConfig:
 
     seed: int = field(default=0, metadata={"help": "seed of every random choice; same seed and config → same bytes"})
     utterances_per_pair: int = field(
-        default=240, metadata={"help": "rows per language pair (ENG_DEU, ENG_JPN) before train imbalance"})
+        default=640, metadata={"help": "rows per language pair (ENG_DEU, ENG_JPN) before train imbalance; the "
+                                       "default 640 gives 336 train, 64 dev and 240 test rows per pair"})
     shared_fraction: float = field(
         default=0.7, metadata={"help": "fraction of each pair's English utterances that appear in both pairs"})
-    dev_fraction: float = field(default=0.15, metadata={"help": "fraction of rows in the dev split (CSV 'valid')"})
-    test_fraction: float = field(default=0.15, metadata={"help": "fraction of rows in the test split"})
-    train_speakers_per_gender: int = field(default=4, metadata={"help": "train speakers of each gender"})
-    dev_speakers_per_gender: int = field(default=2, metadata={"help": "dev speakers of each gender (disjoint)"})
-    test_speakers_per_gender: int = field(default=2, metadata={"help": "test speakers of each gender (disjoint)"})
+    dev_fraction: float = field(default=0.1, metadata={"help": "fraction of rows in the dev split (CSV 'valid')"})
+    test_fraction: float = field(
+        default=0.375, metadata={"help": "fraction of rows in the test split; the default is large so that each "
+                                         "language x gender has >= 110 test utterances (German and Japanese "
+                                         "~120, de-duplicated English ~156) for gender gaps with narrow intervals"})
+    train_speakers_per_gender: int = field(default=8, metadata={"help": "train speakers of each gender"})
+    dev_speakers_per_gender: int = field(default=4, metadata={"help": "dev speakers of each gender (disjoint)"})
+    test_speakers_per_gender: int = field(
+        default=8, metadata={"help": "test speakers of each gender (disjoint from train and dev)"})
     emotion_priors: str = field(
         default="meld", metadata={"help": "uniform, meld (milder MELD skew) or 'neutral=0.3,joy=0.2,...'"})
     neutral_text_fraction: float = field(
@@ -285,8 +357,9 @@ class SynthConfig:
             name = f"{split}_speakers_per_gender"
             check(name, getattr(self, name) >= 1, "must be >= 1 (each split needs a speaker of each gender)")
             check(name, getattr(self, name) <= MAX_SPEAKERS_PER_SPLIT_GENDER,
-                  f"must be <= {MAX_SPEAKERS_PER_SPLIT_GENDER} (speakers beyond the voice variants are told apart "
-                  "by pitch offsets, which run out)")
+                  f"must be <= {MAX_SPEAKERS_PER_SPLIT_GENDER} (the {len(VOICE_VARIANTS['female'])} voice variants "
+                  f"of each gender are shared out over the splits, and at most {MAX_SPEAKERS_PER_VARIANT} "
+                  "speakers of a split may share one: they are told apart by formant shifts, which run out)")
         parse_emotion_priors(self.emotion_priors)
         check("neutral_text_fraction", 0.0 <= self.neutral_text_fraction <= 1.0, "must be in [0, 1]")
         check("prosody_strength", 0.0 <= self.prosody_strength <= 2.0, "must be in [0, 2]")
@@ -312,7 +385,13 @@ class SynthConfig:
 # ------------------------------------------------------------------------------------ plan
 @dataclass(frozen=True)
 class Speaker:
-    """A synthetic character: same variant and offsets in every language."""
+    """A synthetic character: same variant, formant shift and offsets in every language.
+
+    ``formant_shift`` is α of :data:`FORMANT_SHIFT_RANGE` (already rounded so that 22,050·α is a
+    multiple of :data:`VIRTUAL_RATE_STEP`); ``pitch_offset`` is in eSpeak pitch units (added to 50
+    and the emotion's offset; it includes the variant's move to :data:`TARGET_F0`); ``rate_scale``
+    multiplies the emotion's speaking rate.
+    """
 
     name: str
     gender: str
@@ -320,6 +399,12 @@ class Speaker:
     variant: str
     pitch_offset: float
     rate_scale: float
+    formant_shift: float = 1.0
+
+    @property
+    def virtual_rate(self) -> int:
+        """The sample rate eSpeak's 22,050 Hz output is declared to have: 22,050·α."""
+        return virtual_rate(self.formant_shift)
 
 
 @dataclass
@@ -366,13 +451,23 @@ def _rng(seed: int, stream: int, *more: int) -> np.random.Generator:
 
 
 def _allocate_variants(variants: tuple[str, ...], counts: dict[str, int]) -> dict[str, tuple[str, ...]]:
-    """Give each split its own voice variants (≥ 1 each, ≤ its speaker count), the spare ones going
-    to the split with the most speakers per variant. With fewer variants than splits, share them."""
+    """Give each split its own voice variants, slices of ``variants`` in split order.
+
+    Each split first gets enough for at most :data:`MAX_SPEAKERS_PER_VARIANT` speakers per variant
+    (≥ 1); the spare ones go to test until each test speaker has a variant of their own (gender
+    gaps are measured on the test speakers, whose voices should be as distinct as possible), then
+    one by one to the split with the most speakers per variant. With fewer variants than that,
+    every split shares them all.
+    """
     active = [s for s in SPLIT_ORDER if counts[s] > 0]
-    if len(variants) < len(active):
+    k = {s: (max(1, math.ceil(counts[s] / MAX_SPEAKERS_PER_VARIANT)) if s in active else 0) for s in SPLIT_ORDER}
+    if len(variants) < sum(k.values()):
         return {s: variants for s in SPLIT_ORDER}
-    k = {s: (1 if s in active else 0) for s in SPLIT_ORDER}
-    spare = len(variants) - len(active)
+    spare = len(variants) - sum(k.values())
+    if "test" in active:
+        extra = min(spare, counts["test"] - k["test"])
+        k["test"] += extra
+        spare -= extra
     while spare > 0:
         open_splits = [s for s in active if k[s] < counts[s]]
         if not open_splits:
@@ -388,17 +483,34 @@ def _allocate_variants(variants: tuple[str, ...], counts: dict[str, int]) -> dic
     return out
 
 
+def virtual_rate(formant_shift: float) -> int:
+    """22,050·α rounded to a multiple of :data:`VIRTUAL_RATE_STEP` (Hz)."""
+    step = VIRTUAL_RATE_STEP
+    return int(step * round(_espeak.ESPEAK_SAMPLE_RATE * float(formant_shift) / step))
+
+
 def make_speakers(config: SynthConfig) -> list[Speaker]:
     """The synthetic characters of every split, female first then male, train → dev → test.
 
     Names are unique ("Anna Weber"); train, dev and test speakers are disjoint and — as far as the
-    variant pool allows — use disjoint voice variants. The j-th speaker of a split sharing a
-    variant gets a pitch offset of ``U(-2, 2) + 6·⌈j/2⌉·(−1)^j`` eSpeak units and every speaker a
-    rate scale ``U(0.94, 1.06)``.
+    variant pool allows — use disjoint voice variants (:func:`_allocate_variants`), given out
+    round-robin inside a split. Each speaker has a voice of its own:
+
+    * a **formant shift** α, stratified over the log of its gender's :data:`FORMANT_SHIFT_RANGE`:
+      with k variants in the split and at most L speakers on one of them, the range is cut into
+      L·k equal slots; the r-th speaker of variant v takes slot σ_v(r)·k + π(v) (π a random order
+      of the variants, σ_v one of the variant's speakers) and α = exp(slot start + U(0.25, 0.75)·
+      slot width). Speakers sharing a variant are therefore ≥ (k − ½)/(L·k) of the log range apart
+      (default train split, k = 5 and L = 2: ≥ 6 %; dev, k = 2: ≥ 5 %; worst, k = 1 and L = 4: ≥ 1.7 %), and
+      the split's speakers cover the range evenly;
+    * a pitch offset that moves the variant's own F0 (:data:`VARIANT_F0`) to its gender's
+      :data:`TARGET_F0`, plus a personal U(±:data:`SPEAKER_PITCH_RANGE`) eSpeak units (±7 % of
+      F0), and a rate scale U(0.94, 1.06).
     """
     rng = _rng(config.seed, _STREAM_SPEAKERS)
     speakers: list[Speaker] = []
     for gender in ("female", "male"):
+        lo, hi = (math.log(x) for x in FORMANT_SHIFT_RANGE[gender])
         counts = {s: config.speakers_per_gender(s) for s in SPLIT_ORDER}
         names = [f"{first} {last}" for first in _FIRST_NAMES[gender] for last in _LAST_NAMES]
         order = rng.permutation(len(names))[: sum(counts.values())]
@@ -406,13 +518,20 @@ def make_speakers(config: SynthConfig) -> list[Speaker]:
         n = 0
         for split in SPLIT_ORDER:
             pool = allocation[split]
+            k = len(pool)
+            levels = math.ceil(counts[split] / k)
+            width = (hi - lo) / (levels * k)
+            variant_order = rng.permutation(k)
+            reuse_order = [rng.permutation(levels) for _ in pool]
             for j in range(counts[split]):
-                reuse = j // len(pool)
-                spacing = 6.0 * math.ceil(reuse / 2) * (1 if reuse % 2 == 0 else -1)
+                slot = int(reuse_order[j % k][j // k]) * k + int(variant_order[j % k])
+                alpha = math.exp(lo + (slot + rng.uniform(0.25, 0.75)) * width)
                 speakers.append(Speaker(
                     name=names[order[n]], gender=gender, split=split, variant=pool[j % len(pool)],
-                    pitch_offset=float(rng.uniform(-2.0, 2.0) + spacing),
+                    pitch_offset=float(50.0 * math.log2(TARGET_F0[gender] / VARIANT_F0[pool[j % k]])
+                                       + rng.uniform(-SPEAKER_PITCH_RANGE, SPEAKER_PITCH_RANGE)),
                     rate_scale=float(rng.uniform(0.94, 1.06)),
+                    formant_shift=virtual_rate(alpha) / _espeak.ESPEAK_SAMPLE_RATE,
                 ))
                 n += 1
     return speakers
@@ -592,25 +711,33 @@ def _espeak_seed(seed: int, source_index: int, language: str) -> int:
     return int(state.generate_state(1)[0] & 0x7FFF_FFFF)
 
 
-def _espeak_settings(prosody: Prosody) -> dict[str, int]:
-    lo = _espeak.RATE_LIMITS
+def espeak_settings(prosody: Prosody, formant_shift: float = 1.0) -> dict[str, int]:
+    """The eSpeak NG parameters that give ``prosody`` once the clip is played ``formant_shift`` (α)
+    times faster: playing faster multiplies F0 and the pitch range by α and divides durations by α,
+    so the base pitch is lowered by 50·log2(α) eSpeak units (one unit is a factor 2^(1/50)), the range
+    divided by α, the rate divided by α and the word gap multiplied by α; then rounded and clipped
+    to eSpeak's limits."""
+    alpha = float(formant_shift)
     return {
-        "rate": int(np.clip(round(prosody.rate), *lo)),
-        "pitch": int(np.clip(round(prosody.pitch), *_espeak.PITCH_LIMITS)),
-        "range_": int(np.clip(round(prosody.range_), *_espeak.RANGE_LIMITS)),
+        "rate": int(np.clip(round(prosody.rate / alpha), *_espeak.RATE_LIMITS)),
+        "pitch": int(np.clip(round(prosody.pitch - 50.0 * math.log2(alpha)), *_espeak.PITCH_LIMITS)),
+        "range_": int(np.clip(round(prosody.range_ / alpha), *_espeak.RANGE_LIMITS)),
         "volume": int(np.clip(round(prosody.volume), *_espeak.VOLUME_LIMITS)),
-        "word_gap": int(np.clip(round(prosody.word_gap), *_espeak.WORD_GAP_LIMITS)),
+        "word_gap": int(np.clip(round(prosody.word_gap * alpha), *_espeak.WORD_GAP_LIMITS)),
     }
 
 
 def speak(source: SourceUtterance, language: str, seed: int) -> tuple[np.ndarray, int]:
-    """Synthesise ``source`` in ``language`` (eSpeak's 22,050 Hz int16), at most
-    :data:`MAX_CLIP_SECONDS` long: a longer clip is re-synthesised with the rate scaled up."""
+    """Synthesise ``source`` in ``language``: eSpeak's int16 samples and the rate they are to be
+    played at, the speaker's :attr:`Speaker.virtual_rate` (22,050·α; :func:`wav_bytes` resamples
+    from it to 16 kHz, which is the formant shift). At most :data:`MAX_CLIP_SECONDS` long once
+    played at that rate: a longer clip is re-synthesised with the rate scaled up."""
     text = source.sentence.text(language)
     voice = f"{ESPEAK_VOICES[language]}+{source.speaker.variant}"
-    settings = _espeak_settings(source.prosody)
+    settings = espeak_settings(source.prosody, source.speaker.formant_shift)
+    sr = source.speaker.virtual_rate
     for _ in range(4):
-        samples, sr = _espeak.synthesize(text, voice, seed=_espeak_seed(seed, source.index, language), **settings)
+        samples, _ = _espeak.synthesize(text, voice, seed=_espeak_seed(seed, source.index, language), **settings)
         if samples.size == 0:
             raise DataError(f"eSpeak NG produced no audio for {text!r} (voice {voice})")
         seconds = samples.size / sr
@@ -624,7 +751,8 @@ def speak(source: SourceUtterance, language: str, seed: int) -> tuple[np.ndarray
 
 
 def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
-    """Resample int16 ``samples`` to 16 kHz and encode them as a mono PCM_16 WAV (deterministic bytes)."""
+    """Resample int16 ``samples`` from ``sample_rate`` to 16 kHz and encode them as a mono PCM_16
+    WAV (deterministic bytes). With :func:`speak`'s virtual rate this also shifts the formants."""
     import soundfile as sf
 
     audio = resample(samples.astype(np.float32) / 32768.0, sample_rate, TARGET_SAMPLE_RATE)
