@@ -280,18 +280,18 @@ def train_head(features: np.ndarray, labels: np.ndarray, group_ids: np.ndarray, 
 
 @pytest.fixture(scope="module")
 def rater_biased_corpus(tmp_path_factory):
-    """Built-in corpus, rater_bias 0.9 (men hear a woman's anger as sadness), standardised acoustic features."""
+    """Built-in corpus, rater_bias 0.9 (men hear a woman's anger as sadness), standardised acoustic features.
+
+    360 rows per pair: the benchmark-sized default split (37.5 % test, 8 + 8 train speakers) leaves
+    too few train rows per speaker at 120 rows for the label bias to show. The effect is seed-sensitive
+    (corpus seeds 2 and 3 fail at this size): a known weakness of this test, not a tuned result."""
     from llmfair.data.meld_st import read_meld_st
     from llmfair.data.synth import SynthConfig, generate_corpus
     from llmfair.ssl import build_feature_extractor, extract_features
 
     root = tmp_path_factory.mktemp("rater_bias")
-    generate_corpus(root / "corpus", SynthConfig(
-        seed=0, utterances_per_pair=120, rater_bias=0.9, emotion_priors="anger=0.5,sadness=0.25,neutral=0.25",
-        # the split layout this test was built on (the benchmark-sized defaults put 37.5 % of the rows in
-        # test and leave 4 train speakers' worth of rows to 8): a small held-out set of 2 speakers per gender
-        dev_fraction=0.15, test_fraction=0.15, train_speakers_per_gender=4, dev_speakers_per_gender=2,
-        test_speakers_per_gender=2))
+    generate_corpus(root / "corpus", SynthConfig(seed=0, utterances_per_pair=360, rater_bias=0.9,
+                                                 emotion_priors="anger=0.5,sadness=0.25,neutral=0.25"))
     examples = read_meld_st(root / "corpus")
     feats = extract_features(build_feature_extractor("acoustic"), examples, root / "cache", progress=False)
     train = np.array([ex.split == "train" for ex in examples])
