@@ -18,7 +18,6 @@ Not run by pytest.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
@@ -26,6 +25,8 @@ import pandas as pd
 from llmfair.data.labels import MELD
 from llmfair.metrics import bootstrap_ci, paired_comparison, paired_figures
 from llmfair.predictions import Predictions
+
+from bench_metrics import best_of  # bench/ scripts run from their folder's path (python bench/bench_paired.py)
 
 
 def synthetic_runs(rows: int, runs: int, speakers: int, seed: int) -> list[Predictions]:
@@ -60,15 +61,6 @@ def synthetic_runs(rows: int, runs: int, speakers: int, seed: int) -> list[Predi
             parts.append(frame)
         out.append(Predictions.from_frame(pd.concat(parts, ignore_index=True), source=f"run{j}"))
     return out
-
-
-def best_of(repeat: int, fn):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def main() -> None:
