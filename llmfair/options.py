@@ -64,10 +64,37 @@ def dataclass_from_mapping(cls: type[T], values: Mapping[str, Any], *, source: s
     unknown = sorted(k for k in values if k not in names)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+    _check_scalar_types(cls, values, source)
     try:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_scalar_types(cls: type, values: Mapping[str, Any], source: str) -> None:
+    """A value of the wrong type for a scalar field (``int``, ``float``, ``bool``, ``str``, or one of
+    them optional) raises ConfigError naming the key, the value and what is expected; an integer
+    is a valid float, a bool is not a number. Other annotations are left to the dataclass."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - unresolvable annotations (third-party classes): nothing to check
+        return
+    for key, value in values.items():
+        tp, optional = _base_type(hints.get(key))
+        if tp not in _EXPECTED or (value is None and optional):
+            continue
+        if tp is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif tp is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, tp)
+        if not ok:
+            raise ConfigError(f"{source}: {key}={value!r}; expected {_EXPECTED[tp]}"
+                              + (" or null" if optional else ""))
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:

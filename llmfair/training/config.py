@@ -57,11 +57,27 @@ class DataSection:
     eval_split: str = "dev"
     predict_split: str = "test"
     max_train_examples: int | None = field(default=None, metadata={"help": "cap (seeded subsample) for smoke runs"})
+    train_imbalance: dict | None = field(
+        default=None, metadata={"help": "make train gender-imbalanced in one language: {language, ratio, majority, seed} "
+                                        "(llmfair.data.imbalance.GenderImbalance)"})
 
     def __post_init__(self) -> None:
+        if self.train_imbalance is not None:
+            self.imbalance()  # validates keys and values at load time
         bad = [x for x in self.languages if x not in LANGUAGES] + [x for x in self.modalities if x not in MODALITIES]
         if bad:
             raise ConfigError(f"data: unknown language/modality {bad}; languages {list(LANGUAGES)}, modalities {list(MODALITIES)}")
+
+    def imbalance(self):
+        """The :class:`~llmfair.data.imbalance.GenderImbalance` of ``train_imbalance`` (None without one)."""
+        from llmfair.data.imbalance import GenderImbalance
+
+        if self.train_imbalance is None:
+            return None
+        if not isinstance(self.train_imbalance, dict):
+            raise ConfigError(f"data.train_imbalance must be a mapping (language, ratio, majority, seed); got "
+                              f"{self.train_imbalance!r}")
+        return dataclass_from_mapping(GenderImbalance, self.train_imbalance, source="data.train_imbalance")
 
 
 @dataclass
@@ -74,16 +90,32 @@ class ObjectiveSection:
     def __post_init__(self) -> None:
         if self.sampler not in ("random", "group_covering"):
             raise ConfigError(f"objective.sampler={self.sampler!r}; expected random or group_covering")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"objective.options must be a mapping of the objective's options; got {self.options!r}")
+        self.resolved_options()  # unknown objective, unknown option keys and bad values fail at load time
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Every option of the objective with its value (defaults filled in), as a plain dict."""
+        from llmfair.objectives import OBJECTIVES
+
+        if self.name not in OBJECTIVES:
+            raise ConfigError(f"objective.name={self.name!r} is not a registered objective; registered: {sorted(OBJECTIVES)}")
+        cls = OBJECTIVES[self.name].options_class
+        options = dataclass_from_mapping(cls, dict(self.options), source=f"objective.options ({self.name})")
+        return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(self.options)
 
 
 SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "objective": ObjectiveSection}
 FREE_SECTIONS = ("lora", "prompts", "verbalizer", "training", "encoder_cache")
+SELECTION_SECTION = "selection"
 
 
 @dataclass
 class RunConfig:
     """A whole recipe. ``lora``, ``prompts``, ``verbalizer`` and ``training`` are validated by the
-    components that own them (LoraOptions, PromptTemplate, Verbalizer, FairTrainingArguments)."""
+    components that own them (LoraOptions, PromptTemplate, Verbalizer, FairTrainingArguments);
+    ``selection`` (model selection on the dev split) is validated here and kept with its defaults
+    filled in."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -93,21 +125,34 @@ class RunConfig:
     verbalizer: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     encoder_cache: bool = True
+    selection: dict = field(
+        default_factory=dict, metadata={"help": "model selection on the dev split "
+                                                "(llmfair.training.selection.SelectionOptions); {} keeps the last state"})
     source: str = "<dict>"
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "<dict>") -> "RunConfig":
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: a recipe must be a mapping of sections, got {type(values).__name__}")
-        unknown = sorted(k for k in values if k not in SECTIONS and k not in FREE_SECTIONS)
+        known = [*SECTIONS, *FREE_SECTIONS, SELECTION_SECTION]
+        unknown = sorted(k for k in values if k not in known)
         if unknown:
-            raise ConfigError(f"{source}: unknown section(s) {unknown}; known: {sorted([*SECTIONS, *FREE_SECTIONS])}")
+            raise ConfigError(f"{source}: unknown section(s) {unknown}; known: {sorted(known)}")
         kwargs: dict[str, Any] = {"source": source}
         for name, section in SECTIONS.items():
-            kwargs[name] = dataclass_from_mapping(section, values.get(name) or {}, source=f"{source} [{name}]")
+            where = f"{source} [{name}]"
+            try:
+                kwargs[name] = dataclass_from_mapping(section, values.get(name) or {}, source=where)
+            except ConfigError as exc:  # a section's own value checks name the file too
+                text = str(exc)
+                raise ConfigError(text if text.startswith(source) else f"{where}: {text}") from None
         for name in FREE_SECTIONS:
             if name in values and values[name] is not None:
                 kwargs[name] = values[name]
+        if values.get(SELECTION_SECTION) is not None:
+            # stored resolved (defaults filled in), so config.yaml says which rule a run used
+            options = _selection_options(values[SELECTION_SECTION], source)
+            kwargs[SELECTION_SECTION] = dataclasses.asdict(options) if values[SELECTION_SECTION] else {}
         return cls(**kwargs)
 
     @classmethod
@@ -119,14 +164,7 @@ class RunConfig:
             values = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        for dotted, value in (overrides or {}).items():
-            section, _, key = dotted.partition(".")
-            if not key:
-                raise ConfigError(f"override {dotted!r} must be section.key=value")
-            values.setdefault(section, {})
-            if not isinstance(values[section], dict):
-                raise ConfigError(f"override {dotted!r}: section {section!r} is not a mapping in {path}")
-            values[section][key] = value
+        apply_overrides(values, overrides or {}, source=str(path))
         return cls.from_mapping(values, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,9 +172,55 @@ class RunConfig:
         out.pop("source")
         return out
 
+    def selection_options(self):
+        """The :class:`~llmfair.training.selection.SelectionOptions` of the ``selection`` section
+        (criterion ``last`` when the section is empty)."""
+        return _selection_options(self.selection or None, self.source)
+
+
+def _selection_options(values: Any, source: str):
+    """``selection`` validated as SelectionOptions whose figures the speech-LLM dev evaluation computes."""
+    from llmfair.speechllm.selection import GAP_FIGURES, SCORE_FIGURES
+    from llmfair.training.selection import SelectionOptions
+
+    where = f"{source} [{SELECTION_SECTION}]"
+    try:
+        options = SelectionOptions.from_mapping(values, source=where)
+    except ConfigError as exc:  # the options' own value checks name the file too
+        text = str(exc)
+        raise ConfigError(text if text.startswith(source) else f"{where}: {text}") from None
+    for key, value, allowed in (("metric", options.metric, SCORE_FIGURES), ("gap", options.gap, GAP_FIGURES)):
+        if value not in allowed:
+            raise ConfigError(f"{where}: selection.{key}={value!r}; the dev evaluation computes {list(allowed)}")
+    return options
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], *, source: str = "recipe") -> None:
+    """Set ``section.key[.subkey...]=value`` overrides into a recipe mapping, in place.
+
+    Any depth is reached (``objective.options.lambda_init``); missing intermediate mappings are
+    created, and the keys themselves are validated afterwards with the rest of the recipe, so an
+    unknown key is named exactly as in the YAML.
+    """
+    for dotted, value in overrides.items():
+        parts = [p.strip() for p in dotted.split(".")]
+        if not all(parts):
+            raise ConfigError(f"override {dotted!r} must be section.key=value (or section.key.subkey=value, or a "
+                              "top-level key such as encoder_cache=false)")
+        node = values
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[:depth + 1])
+                raise ConfigError(f"override {dotted!r}: {where!r} is {child!r} in {source}, not a mapping of keys")
+            node = child
+        node[parts[-1]] = value
+
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``section.key=value`` with the value parsed as YAML (numbers, booleans, lists; ``1e-4`` is a float)."""
+    """``section.key[.subkey]=value`` with the value parsed as YAML (numbers, booleans, lists; ``1e-4`` is a float)."""
     key, sep, value = text.partition("=")
     if not sep:
         raise ConfigError(f"override {text!r} must look like section.key=value")
