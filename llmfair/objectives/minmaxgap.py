@@ -155,7 +155,10 @@ class MinMaxGap(Objective):
         lam = self._weight(max_gap, erm_value)
         if opts.weight == "dual" and self.training:
             self.dual_lambda.copy_(torch.clamp(self.dual_lambda + opts.dual_lr * (max_gap - opts.dual_target), 0.0, opts.lambda_max))
-        figures.update({"max_gap": max_gap, "lambda": lam, "worst_cell": float(worst)})
+        figures.update({"max_gap": max_gap, "lambda": lam})
+        # one indicator per usable cell: averaged over a logging window it is how often that cell was
+        # the worst (an average of cell *indices* would mean nothing)
+        figures.update({f"worst/{self.cell_label(k)}": float(k == worst) for k, u in enumerate(usable_list) if u})
         return ObjectiveOutput(loss=erm + lam * surrogate, figures=figures)
 
     def _weight(self, max_gap: float, erm_value: float) -> float:

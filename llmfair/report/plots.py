@@ -325,3 +325,39 @@ def plot_comparison_gaps(
     fig.suptitle(title or f"Gender gap per cell, runs side by side\n{_interval_label(summaries[names[0]])}",
                  fontsize=10, x=0.02, ha="left")
     return _save(fig, path)
+
+
+def plot_objective_trace(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Per-step objective figures (:mod:`llmfair.training.trace`): ERM loss and max gap on the left
+    axis, λ on the right, and the worst cell of every step as a coloured strip underneath."""
+    steps = np.array([float(r["step"]) for r in rows])
+    fig = _new_figure(8.0, 4.2)
+    grid = fig.add_gridspec(2, 1, height_ratios=(5, 1))
+    ax = fig.add_subplot(grid[0])
+    for key, color in (("erm_loss", RUN_COLORS[0]), ("max_gap", RUN_COLORS[1])):
+        values = np.array([_value(r.get(key)) for r in rows])
+        if np.isfinite(values).any():
+            ax.plot(steps, values, color=color, lw=1.2, label=key.replace("_", " "))
+    ax.set_ylabel("loss / gap")
+    handles, labels = ax.get_legend_handles_labels()
+    lam = np.array([_value(r.get("lambda")) for r in rows])
+    if np.isfinite(lam).any():
+        right = ax.twinx()
+        right.plot(steps, lam, color=RUN_COLORS[2], lw=1.2, label="λ")
+        right.set_ylabel("λ")
+        h2, l2 = right.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, loc="upper right", fontsize=8)
+    ax.set_title(title or "objective per optimiser step")
+    strip = fig.add_subplot(grid[1], sharex=ax)
+    cells = [r.get("worst_cell") for r in rows]
+    names = sorted({c for c in cells if c})
+    for i, name in enumerate(names):
+        at = steps[[c == name for c in cells]]
+        strip.scatter(at, np.full(at.shape, i), s=6, marker="s", color=RUN_COLORS[i % len(RUN_COLORS)])
+    strip.set_yticks(range(len(names)), names, fontsize=7)
+    strip.set_ylim(-0.5, max(len(names), 1) - 0.5)
+    strip.set_xlabel("optimiser step")
+    strip.set_ylabel("worst cell", fontsize=8)
+    return _save(fig, path)

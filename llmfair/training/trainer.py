@@ -64,6 +64,7 @@ class FairTrainer(Trainer):
         self.loss_is_scaled_for_ga = True
         self._train_sampler_override = train_sampler
         self._figures: dict[str, list[float]] = defaultdict(list)
+        self.trace_records: list[dict[str, Any]] = []  # every step's objective figures (training.trace)
         self._pending_weights: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ optimiser
@@ -160,6 +161,14 @@ class FairTrainer(Trainer):
         for name, value in figures.items():
             if math.isfinite(value):
                 self._figures[name].append(value)
+        if figures:  # global_step counts finished steps: this record belongs to the next one
+            self.trace_records.append({"step": self.state.global_step + 1, **figures})
+
+    def trace_rows(self) -> list[dict[str, Any]]:
+        """One row per optimiser step (:func:`llmfair.training.trace.step_rows`)."""
+        from llmfair.training.trace import step_rows
+
+        return step_rows(self.trace_records)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._figures and "loss" in logs:
@@ -177,9 +186,13 @@ class FairTrainer(Trainer):
             from llmfair._atomic import atomic_path
 
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            from llmfair._atomic import write_json
+            from llmfair.training.trace import CHECKPOINT_TRACE_FILE
+
+            write_json(os.path.join(folder, CHECKPOINT_TRACE_FILE), self.trace_rows())
             state = {k: v.detach().cpu().contiguous() for k, v in self.objective.state_dict().items()}
             with atomic_path(os.path.join(folder, OBJECTIVE_STATE_FILE)) as tmp:
-                save_file(state, str(tmp))
+                save_file(state, str(tmp))  # last: its presence marks a complete checkpoint
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Weights as safetensors and the arguments as JSON (never pickle); modules that know their
@@ -215,6 +228,14 @@ class FairTrainer(Trainer):
 
             self.objective.load_state_dict(load_file(path, device=str(self.args.device)))
             logger.info("objective state restored from %s", path)
+        from llmfair.training.trace import CHECKPOINT_TRACE_FILE
+
+        trace = os.path.join(resume_from_checkpoint, CHECKPOINT_TRACE_FILE)
+        if os.path.isfile(trace):
+            import json
+
+            with open(trace, encoding="utf-8") as handle:
+                self.trace_records = json.load(handle)
 
 
 def shutdown_distributed(exit_code: int | None = None) -> None:
