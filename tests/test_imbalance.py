@@ -160,3 +160,53 @@ def test_ratio_below_one_refused(ratio):
     # refused even when no split needs subsampling
     with pytest.raises(DataError, match="ratio"):
         build_imbalanced_splits(_examples(SYNTHETIC, "test"), CREMA_D, ratio, 0)
+
+
+# ------------------------------------------------------------------ GenderImbalance (speech-LLM sweeps)
+def _meld_rows():
+    """eng and jpn renderings of the same 60 utterances, both modalities: per emotion (0, 1) 20
+    male and 10 female utterances."""
+    from llmfair.data.imbalance import GenderImbalance  # noqa: F401  (import checked here too)
+
+    rows = []
+    for u in range(60):
+        gender = "male" if u % 3 else "female"
+        emotion = u % 2
+        for language in ("eng", "jpn"):
+            for modality in ("audio", "audio_text"):
+                rows.append(Example(id=f"{language}_{u}", audio="", text="", language=language, modality=modality,
+                                    emotion=emotion, gender=gender, speaker=f"s{u % 7}", split="train",
+                                    utterance_id=f"u{u}"))
+    return rows
+
+
+@pytest.mark.parametrize("ratio, expected_female", [(1, 10), (5, 4), (10, 2), (40, 0)])
+def test_gender_imbalance_keeps_floor_majority_over_ratio_per_emotion(ratio, expected_female):
+    from llmfair.data.imbalance import GenderImbalance
+
+    rows = _meld_rows()
+    kept = GenderImbalance(language="eng", ratio=ratio, seed=3).apply(rows)
+    for emotion in (0, 1):
+        eng = {(e.utterance_id, e.gender) for e in kept if e.language == "eng" and e.emotion == emotion}
+        assert sum(g == "male" for _, g in eng) == 20  # the majority is kept whole
+        assert sum(g == "female" for _, g in eng) == expected_female  # ⌊20 / r⌋ capped at the 10 there are
+    # both modalities of a kept utterance stay; the other language is untouched
+    eng_rows = Counter(e.utterance_id for e in kept if e.language == "eng")
+    assert set(eng_rows.values()) == {2}
+    assert [e for e in kept if e.language == "jpn"] == [e for e in rows if e.language == "jpn"]
+    # seeded: the same draw twice, another seed another draw
+    again = GenderImbalance(language="eng", ratio=ratio, seed=3).apply(rows)
+    assert [e.id for e in again] == [e.id for e in kept]
+    if 0 < expected_female < 10:
+        other = GenderImbalance(language="eng", ratio=ratio, seed=4).apply(rows)
+        assert {e.id for e in other} != {e.id for e in kept}
+
+
+@pytest.mark.parametrize("values, key", [({"ratio": 0.5}, "ratio"), ({"language": "fra"}, "language"),
+                                         ({"majority": "both"}, "majority"), ({"ratio": True}, "ratio")])
+def test_gender_imbalance_rejects_bad_values_naming_the_key(values, key):
+    from llmfair.data.imbalance import GenderImbalance
+    from llmfair.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"train_imbalance.{key}"):
+        GenderImbalance(**values)

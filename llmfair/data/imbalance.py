@@ -184,3 +184,49 @@ def build_imbalanced_splits(
         dropped_unknown=dropped_unknown,
         dropped_no_majority=dropped_no_majority,
     )
+
+
+# ------------------------------------------------------------------ one language, one minority gender
+@dataclass
+class GenderImbalance:
+    """A train split made gender-imbalanced inside one language (the speech-LLM sweeps' bias knob).
+
+    In ``language`` every ``majority``-gender utterance is kept and, per emotion, a seeded random
+    ⌊n_majority / ratio⌋ of the other gender's utterances (all of them if fewer); the other
+    languages are untouched. Whole utterances are drawn, so an utterance kept in one modality is
+    kept in both and the unimodal and multimodal rows stay paired (the renderings of an utterance in
+    other languages, which share its ``utterance_id``, are never touched). ``ratio: 1`` keeps the split
+    unchanged (the balanced reference of a sweep over ratios).
+    """
+
+    language: str = field(default="eng", metadata={"help": "the language whose train rows are made imbalanced"})
+    ratio: float = field(default=5.0, metadata={"help": "r of 1:r (minority:majority utterances per emotion), >= 1"})
+    majority: str = field(default="male", metadata={"help": "the gender kept whole: male or female"})
+    seed: int = field(default=0, metadata={"help": "seeds the minority draw (independent of the training seed)"})
+
+    def __post_init__(self) -> None:
+        from llmfair.data.labels import LANGUAGES
+        from llmfair.errors import ConfigError
+
+        if self.language not in LANGUAGES:
+            raise ConfigError(f"train_imbalance.language={self.language!r}; expected one of {list(LANGUAGES)}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not self.ratio >= 1:
+            raise ConfigError(f"train_imbalance.ratio={self.ratio!r}: a ratio r means 1:r and must be a number >= 1")
+        if self.majority not in ("female", "male"):
+            raise ConfigError(f"train_imbalance.majority={self.majority!r}; expected female or male")
+
+    def apply(self, examples: Sequence[Example]) -> list[Example]:
+        """The rows kept, in their original order."""
+        minority = "female" if self.majority == "male" else "male"
+        utterances: dict[str, tuple[int, str]] = {}
+        for e in examples:
+            if e.language == self.language and e.gender in ("female", "male"):
+                utterances.setdefault(e.utterance_id, (e.emotion, e.gender))
+        names = sorted(utterances)
+        emotions = np.array([utterances[u][0] for u in names], dtype=np.int64)
+        genders = np.array([utterances[u][1] for u in names])
+        keep_idx = subsample_indices(emotions, genders, self.ratio, {int(c): self.majority for c in np.unique(emotions)},
+                                     seed=np.random.SeedSequence([self.seed, zlib.crc32(self.language.encode())]))
+        kept = {names[i] for i in keep_idx}
+        dropped = {u for u, (_, g) in utterances.items() if g == minority} - kept
+        return [e for e in examples if not (e.language == self.language and e.utterance_id in dropped)]
