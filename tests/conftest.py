@@ -30,3 +30,14 @@ def crema_d_labels(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_clip(shared_data: Path) -> Path:
     return shared_data / "samples" / "1001_DFA_ANG_XX.wav"
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test (bit-reproducible small-model training), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

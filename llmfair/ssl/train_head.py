@@ -14,6 +14,9 @@ Adam, learning rate 1e-4, batch 32, 50 epochs, class-balanced soft cross-entropy
 (weights recomputed on the training rows actually used, §1.3 pitfall), and the kept model is the
 one with the lowest dev class-balanced CE, evaluated after every epoch (the best state of the head
 *and* of the objective — DisEnt predicts from its own classifier — is restored at the end).
+``HeadTrainingOptions.selection`` swaps that rule for a fairness-aware one
+(:mod:`llmfair.training.selection`: highest dev weighted F1, smallest dev gender gap, or highest F1
+under a gap bound); the dev figures it reads are computed after every epoch (:func:`dev_figures`).
 
 Per run:
 
@@ -72,7 +75,11 @@ class HeadTrainingOptions:
         default=None, metadata={"help": "a registered sampler (ds, group_balanced) or none for a permutation"})
     sampler_options: dict = field(default_factory=dict, metadata={"help": "keyword options of the sampler"})
     select_on_dev: bool = field(
-        default=True, metadata={"help": "keep the epoch with the lowest dev class-balanced CE (IDI)"})
+        default=True, metadata={"help": "keep the epoch with the lowest dev class-balanced CE (IDI); False keeps "
+                                        "the last epoch (used only when 'selection' is empty)"})
+    selection: dict = field(
+        default_factory=dict, metadata={"help": "llmfair.training.selection.SelectionOptions (criterion, metric, gap, "
+                                                "max_gap); empty: the IDI rule of select_on_dev"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
 
     def __post_init__(self) -> None:
@@ -85,6 +92,16 @@ class HeadTrainingOptions:
             raise ConfigError(f"head training: max_grad_norm must be positive, got {self.max_grad_norm}")
         if not isinstance(self.sampler_options, Mapping):
             raise ConfigError(f"head training: sampler_options must be a mapping, got {self.sampler_options!r}")
+        self.selection_options()  # validates the keys and values
+
+    def selection_options(self):
+        """The :class:`~llmfair.training.selection.SelectionOptions` in force: ``selection`` when
+        given, else ``dev_loss`` (``select_on_dev``) or ``last``."""
+        from llmfair.training.selection import SelectionOptions
+
+        if self.selection:
+            return SelectionOptions.from_mapping(self.selection, source="head training: selection")
+        return SelectionOptions(criterion="dev_loss" if self.select_on_dev else "last")
 
 
 @dataclass
@@ -96,7 +113,11 @@ class HeadTrainingResult:
         objective: the objective in eval mode, holding its state from the same epoch.
         best_epoch: 1-based epoch whose state was kept (the last epoch without dev selection).
         best_dev_loss: its dev class-balanced CE (NaN without dev data).
-        history: one dict per epoch: ``epoch``, ``train_loss`` (mean objective loss), ``dev_loss``.
+        history: one dict per epoch: ``epoch``, ``train_loss`` (mean objective loss), ``dev_loss``
+            and, with dev rows, the :func:`dev_figures` (``weighted_f1``, ``macro_f1``,
+            ``worst_cell_gap``; the gap NaN without dev genders).
+        selection: the rule that chose ``best_epoch`` (``criterion`` ...) and, for
+            ``constrained``, ``met_bound``: whether the kept epoch satisfies the gap bound.
         num_steps: optimiser steps taken.
         train_rows: indices (into the given training arrays) of the rows trained on — all of them,
             or the subset a subset sampler (``ds``) kept.
@@ -113,6 +134,7 @@ class HeadTrainingResult:
     train_rows: np.ndarray
     figures: dict[str, float]
     seconds: float
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def predict_logits(self, features: Any) -> torch.Tensor:
         """(n, K) logits of ``objective.predict_logits`` for (n, D) or (n, L, D) features."""
@@ -195,12 +217,53 @@ def predict_logits(model: EmoSuperbHead, objective: Objective, features: Any) ->
     return torch.cat(parts).float()
 
 
-@torch.no_grad()
-def _dev_loss(model: EmoSuperbHead, objective: Objective, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean base loss (class-balanced soft CE with the training class weights) of the predicting
-    logits on the dev rows — IDI's model-selection criterion (METHODS.md §1.4)."""
+def _f1_per_class(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class F1 (0 where undefined, sklearn's ``zero_division=0``) and support of (n, K)
+    indicator matrices."""
+    tp = (y & p).sum(0)
+    fp = (~y & p).sum(0)
+    fn = (y & ~p).sum(0)
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0), tp + fn
+
+
+def dev_figures(probs: np.ndarray, labels: np.ndarray, genders: np.ndarray | None = None) -> dict[str, float]:
+    """The figures a fairness-aware selection rule reads, on the dev rows.
+
+    Labels and predictions become indicator matrices as in the sweep's metrics: (N, K) label
+    distributions and the probabilities are binarised at > 1/K (multi-label), (N,) class indices
+    against the argmax (single-label). ``weighted_f1`` / ``macro_f1`` are sklearn's
+    ``f1_score(..., average="weighted" | "macro", zero_division=0)`` on those matrices;
+    ``worst_cell_gap`` is |macro F1 of male rows − macro F1 of female rows| (a head sees one
+    language × modality cell, so the worst cell's gap is the gender gap), NaN without both genders.
+    """
+    k = probs.shape[1]
+    if labels.ndim == 2:
+        y, p = labels > 1.0 / k, probs > 1.0 / k
+    else:
+        eye = np.eye(k, dtype=bool)
+        y, p = eye[labels.astype(np.int64)], eye[probs.argmax(1)]
+    f1, support = _f1_per_class(y, p)
+    out = {"weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() else 0.0,
+           "macro_f1": float(f1.mean()), "worst_cell_gap": math.nan}
+    if genders is not None:
+        male, female = genders == "male", genders == "female"
+        if male.any() and female.any():
+            out["worst_cell_gap"] = abs(float(_f1_per_class(y[male], p[male])[0].mean())
+                                        - float(_f1_per_class(y[female], p[female])[0].mean()))
+    return out
+
+
+def _dev_evaluation(model: EmoSuperbHead, objective: Objective, x: torch.Tensor, y: torch.Tensor,
+                    genders: np.ndarray | None) -> dict[str, float]:
+    """``dev_loss`` — the mean base loss (class-balanced soft CE with the training class weights) of
+    the predicting logits, IDI's model-selection criterion (METHODS.md §1.4) — and
+    :func:`dev_figures`, from one forward pass."""
     logits = predict_logits(model, objective, x)
-    return float(model.loss(logits, y).double().mean())
+    out = {"dev_loss": float(model.loss(logits, y).double().mean())}
+    probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+    out.update(dev_figures(probs, y.cpu().numpy(), genders))
+    return out
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -239,6 +302,7 @@ def train_head(
     *,
     dev_features: Any = None,
     dev_labels: Any = None,
+    dev_genders: Any = None,
     options: HeadTrainingOptions | None = None,
     head_options: HeadOptions | None = None,
     train_classes: Any = None,
@@ -254,6 +318,8 @@ def train_head(
         train_groups: (N,) int group ids in ``objective.group_spec``.
         objective: a built objective (:func:`llmfair.objectives.build_objective`), not yet set up.
         dev_features, dev_labels: the development rows for model selection (both or neither).
+        dev_genders: (N_dev,) gender per dev row (``female``/``male``/other), for the gap that a
+            fairness-aware ``options.selection`` reads.
         options: :class:`HeadTrainingOptions` (the IDI recipe by default).
         head_options: :class:`HeadOptions` (default: projector 256, class-balanced soft CE).
         train_classes: (N,) single class per row for the counts and samplers (RW's n_{c,g}, DS's
@@ -293,6 +359,12 @@ def train_head(
     num_classes = int(y_all.shape[1]) if y_all.ndim == 2 else int(max(int(y_all.max()) + 1, 2))
     if (dev_features is None) != (dev_labels is None):
         raise DataError("head training: give both dev_features and dev_labels, or neither")
+    from llmfair.training.selection import meets_bound, select_evaluation  # lazy: llmfair.training pulls in transformers
+
+    selection = options.selection_options()
+    if selection.active and dev_features is None and options.selection:
+        raise ConfigError(f"head training: selection.criterion={selection.criterion!r} needs dev rows "
+                          "(dev_features, dev_labels)")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
@@ -344,13 +416,18 @@ def train_head(
             if dx.shape[1:] != x.shape[1:]:
                 raise DataError(f"head training: dev features {tuple(dx.shape[1:])} do not match training "
                                 f"features {tuple(x.shape[1:])}")
-            dev = (dx, dy)
+            dg = None
+            if dev_genders is not None:
+                dg = np.asarray(dev_genders).astype(str)
+                if dg.shape != (dx.shape[0],):
+                    raise DataError(f"head training: dev_genders has shape {dg.shape}; expected ({dx.shape[0]},)")
+            dev = (dx, dy, dg)
 
         params = [p for p in model.parameters()] + [p for p in objective.parameters() if p.requires_grad]
         optimizer = _build_optimizer(params, options)
         next_order = _epoch_orders(sampler, n, generator, device)
         history: list[dict[str, float]] = []
-        best = (math.inf, 0, None, None)
+        best: tuple[int, Any, Any] | None = None  # (epoch, head state, objective state)
         steps = 0
         figures: dict[str, float] = {}
         model.train()
@@ -381,22 +458,29 @@ def train_head(
             figures = {k: v / len(batches) for k, v in sums.items()}
             record = {"epoch": float(epoch), "train_loss": train_loss, "dev_loss": math.nan}
             if dev is not None:
-                record["dev_loss"] = _dev_loss(model, objective, *dev)
+                record.update(_dev_evaluation(model, objective, *dev))
             history.append(record)
-            if dev is not None and options.select_on_dev:
-                if record["dev_loss"] < best[0]:
-                    best = (record["dev_loss"], epoch, _snapshot(model), _snapshot(objective))
-        if best[2] is not None:
-            model.load_state_dict(best[2])
-            objective.load_state_dict(best[3])
-            best_epoch, best_loss = best[1], best[0]
-        else:
-            best_epoch, best_loss = options.epochs, history[-1]["dev_loss"]
+            # the rule's choice over the epochs so far; ties go to the earlier epoch, so the running
+            # choice ends where a choice over the whole history would
+            if dev is not None and selection.active and select_evaluation(selection, history) == epoch - 1:
+                best = (epoch, _snapshot(model), _snapshot(objective))
+        if best is not None:
+            model.load_state_dict(best[1])
+            objective.load_state_dict(best[2])
+        best_epoch = best[0] if best is not None else options.epochs
+        best_loss = history[best_epoch - 1]["dev_loss"]
+        chosen = {"criterion": selection.criterion if dev is not None else "last"}
+        if dev is not None and selection.criterion == "constrained":
+            chosen["met_bound"] = bool(meets_bound(selection, history[best_epoch - 1]))
+            if not chosen["met_bound"]:
+                logger.warning("no epoch met the dev bound %s <= %g; kept epoch %d, the smallest gap",
+                               selection.gap, selection.max_gap, best_epoch)
     model.eval()
     objective.eval()
     seconds = time.perf_counter() - started
     logger.info("head trained with %s: %d rows, %d steps, best epoch %d (dev loss %.4f), %.1f s",
                 objective.name, n, steps, best_epoch, best_loss, seconds)
     return HeadTrainingResult(model=model, objective=objective, best_epoch=best_epoch, best_dev_loss=best_loss,
-                              history=history, num_steps=steps, train_rows=rows, figures=figures, seconds=seconds)
+                              history=history, num_steps=steps, train_rows=rows, figures=figures, seconds=seconds,
+                              selection=chosen)
 
