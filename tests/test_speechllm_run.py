@@ -93,6 +93,16 @@ def subprocess_env(cache: Path) -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
+def launch_two_processes(cfg: Path, out: Path, cache: Path) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2`` of tests/dist/train_tiny.py (gloo on CPU;
+    the script records the world size, which the callers assert: --cpu would silently run one)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "tests" / "dist" / "train_tiny.py"), str(cfg), str(out)]
+    run = subprocess.run(cmd, env=subprocess_env(cache), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+
+
 # ------------------------------------------------------------------------------------ 1. end to end
 @pytest.mark.slow
 def test_run_directory_and_predict_reproduces(llmfair_cache, corpus, tmp_path, caplog, capsys) -> None:
@@ -104,8 +114,12 @@ def test_run_directory_and_predict_reproduces(llmfair_cache, corpus, tmp_path, c
         manifest = train(config, run)
     assert not [r for r in caplog.records if SINGLE_GENDER in r.getMessage()]  # both genders in eng/audio
 
-    # config.yaml round-trips to the same recipe
-    assert RunConfig.from_yaml(run / "config.yaml").to_dict() == config.to_dict()
+    # config.yaml round-trips to the same recipe, with every objective option resolved (defaults filled in)
+    expected = config.to_dict()
+    expected["objective"]["options"] = config.objective.resolved_options()
+    assert expected["objective"]["options"]["lambda_init"] == 0.1 and "reduction" in expected["objective"]["options"]
+    assert RunConfig.from_yaml(run / "config.yaml").to_dict() == expected
+    assert manifest["objective"]["options"] == expected["objective"]["options"]
 
     # adapter: LoRA A/B on exactly the 14 LLM linears + the trained projector, nothing of the audio tower
     adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
@@ -147,8 +161,10 @@ def test_run_directory_and_predict_reproduces(llmfair_cache, corpus, tmp_path, c
     assert saved["memory"]["peak_rss_mib"] > 100  # a Python process with torch loaded
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert saved["git_commit"].split("+")[0] == head
-    assert saved["objective"] == {"name": "minmaxgap", "reconstructed": True}
-    assert saved["config"] == config.to_dict()
+    resolved = config.to_dict()
+    resolved["objective"]["options"] = config.objective.resolved_options()
+    assert saved["objective"] == {"name": "minmaxgap", "reconstructed": True, "options": resolved["objective"]["options"]}
+    assert saved["config"] == resolved
 
     # `llmfair predict` from a fresh base model + the saved adapter gives the same probabilities
     out = tmp_path / "again.csv"
@@ -237,11 +253,7 @@ def test_two_processes_equal_one_on_tiny_model(llmfair_cache, corpus, tmp_path) 
                     save_strategy="steps", save_steps=2)
     cfg = write_recipe(tmp_path / "recipe.yaml", values)
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "tests" / "dist" / "train_tiny.py"), str(cfg), str(two)]
-    run = subprocess.run(cmd, env=subprocess_env(llmfair_cache), cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    launch_two_processes(cfg, two, llmfair_cache)
     world = json.loads((two / "world.json").read_text())
     assert world == {"world_size": 2, "backend": "gloo", "per_device_train_batch_size": 2}
 
@@ -295,8 +307,11 @@ def test_overrides(corpus, tmp_path) -> None:
         parse_override("training.max_steps")
 
     path = write_recipe(tmp_path / "r.yaml", {**recipe(corpus), "encoder_cache": False})
-    overrides = dict(parse_override(s) for s in ("objective.name=erm", "training.learning_rate=1e-4",
-                                                  "data.languages=[eng, jpn]", "lora.r=2"))
+    # options are validated against the objective they end up with: switching objective needs its options
+    with pytest.raises(ConfigError, match=r"objective.options \(erm\): unknown key\(s\) \['dual_lr', 'lambda_init'"):
+        RunConfig.from_yaml(path, {"objective.name": "erm"})
+    overrides = dict(parse_override(s) for s in ("objective.name=erm", "objective.options={}",
+                                                  "training.learning_rate=1e-4", "data.languages=[eng, jpn]", "lora.r=2"))
     config = RunConfig.from_yaml(path, overrides)
     assert config.objective.name == "erm" and config.data.languages == ["eng", "jpn"] and config.lora["r"] == 2
     assert config.training["learning_rate"] == 1e-4 and isinstance(config.training["learning_rate"], float)
@@ -305,7 +320,7 @@ def test_overrides(corpus, tmp_path) -> None:
         RunConfig.from_yaml(path, {"modell.name_or_path": "tiny"})
     with pytest.raises(ConfigError, match="unknown key"):
         RunConfig.from_yaml(path, {"model.nme": "tiny"})
-    with pytest.raises(ConfigError, match="'encoder_cache' is not a mapping"):
+    with pytest.raises(ConfigError, match="'encoder_cache' is False in .*, not a mapping"):
         RunConfig.from_yaml(path, {"encoder_cache.x": 1})
     # the `accelerate launch` entry reports a bad --set as one line and exit code 1
     from recipes.train_speechllm import main as recipe_main

@@ -6,6 +6,7 @@ Run directory layout::
     RUN/config.yaml            the resolved recipe
     RUN/checkpoints/           Trainer checkpoints (adapter + optimizer + objective state)
     RUN/adapter/               the final peft adapter (what `llmfair export` publishes)
+    RUN/selection/             dev history and the chosen state (recipe section ``selection``)
     RUN/predictions_<split>.csv
     RUN/manifest.json          config, seed, git commit, versions, LoRA targets, peak memory, timings
 """
@@ -52,6 +53,12 @@ def load_examples(config: RunConfig) -> dict[str, list[Example]]:
     examples = read_meld_st(data.root, splits=splits, languages=data.languages, modalities=data.modalities,
                             path_template=data.path_template, gender_table=data.gender_table)
     by_split = {s: [e for e in examples if e.split == s] for s in splits}
+    imbalance = data.imbalance()
+    if imbalance is not None:
+        before = len(by_split[data.train_split])
+        by_split[data.train_split] = imbalance.apply(by_split[data.train_split])
+        logger.info("train imbalance 1:%g in %s: %d of %d train rows kept", imbalance.ratio, imbalance.language,
+                    len(by_split[data.train_split]), before)
     if data.max_train_examples is not None and len(by_split[data.train_split]) > data.max_train_examples:
         rng = np.random.default_rng(int(config.training.get("seed", 42)))
         keep = np.sort(rng.choice(len(by_split[data.train_split]), data.max_train_examples, replace=False))
@@ -141,6 +148,23 @@ def _training_arguments(config: RunConfig, run_dir: Path):
     return args
 
 
+def _zero_stage(config: RunConfig) -> int | None:
+    """The ZeRO stage of the recipe's ``training.deepspeed`` config (None without one, or when it
+    cannot be read: building the arguments names that problem)."""
+    value = config.training.get("deepspeed")
+    if not value:
+        return None
+    if not isinstance(value, dict):
+        import json
+
+        try:
+            value = json.loads(Path(value).read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            return None
+    stage = (value.get("zero_optimization") or {}).get("stage") if isinstance(value, dict) else None
+    return int(stage) if isinstance(stage, int) else None
+
+
 # ------------------------------------------------------------------------------------ train
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     """The newest ``checkpoint-<step>`` folder in ``output_dir`` whose save finished, or None.
@@ -175,7 +199,10 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
     """Train one run and write adapter, predictions and manifest into ``run_dir``.
 
     ``resume=True`` continues from the newest complete checkpoint in ``run_dir/checkpoints``
-    (:func:`last_complete_checkpoint`); a path resumes from that checkpoint folder.
+    (:func:`last_complete_checkpoint`); a path resumes from that checkpoint folder. An active
+    ``selection`` rule keeps the state of the dev evaluation it chooses
+    (:class:`~llmfair.speechllm.selection.DevSelectionCallback`): adapter, predictions and manifest
+    are that state's.
     """
     from llmfair.training import FairTrainer, GroupCoveringSampler
     from llmfair.training.manifest import write_manifest
@@ -183,8 +210,15 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
     run_dir = Path(run_dir)
     if (run_dir / ADAPTER_DIR).exists() and not (resume or overwrite):
         raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite to replace it or --resume")
+    selection = config.selection_options()
+    if selection.active and _zero_stage(config) == 3:
+        raise ConfigError(f"{config.source} [selection]: selection.criterion={selection.criterion!r} needs the whole "
+                          "model on every rank, but DeepSpeed ZeRO-3 shards the parameters; use ZeRO-2 or "
+                          "criterion 'last'")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+    resolved = config.to_dict()
+    resolved["objective"]["options"] = config.objective.resolved_options()  # defaults filled: the run says what it ran
+    write_text(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     started = time.time()
 
     splits = load_examples(config)
@@ -216,15 +250,37 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
 
     trainer = FairTrainer(model=classifier, args=args, train_dataset=records, data_collator=collator,
                           objective=objective, train_sampler=sampler, label_key="emotion")
+    selector = None
+    if selection.active:
+        from llmfair.speechllm.selection import DevSelectionCallback
+
+        selector = DevSelectionCallback(selection, classifier=classifier, objective=objective, collator=collator,
+                                        examples=splits[config.data.eval_split], run_dir=run_dir,
+                                        batch_size=args.per_device_eval_batch_size)
+        trainer.add_callback(selector)
     if resume is True:
         resume = last_complete_checkpoint(args.output_dir) or False
         if not resume:
             raise ConfigError(f"--resume: no complete checkpoint in {args.output_dir}")
+    # with a selection rule, the callback has loaded the chosen state back when train() returns
     result = trainer.train(resume_from_checkpoint=resume or None)
     trainer.save_model(str(run_dir / ADAPTER_DIR))  # gathers ZeRO-3 shards; writes on the main process only
     train_seconds = time.time() - started
     if not trainer.is_world_process_zero():
         return {"global_steps": result.global_step, "predictions": {}}
+    from llmfair.training.trace import write_trace
+
+    tensorboard = "tensorboard" in (args.report_to or [])  # beside the Trainer's own event files
+    write_trace(run_dir, trainer.trace_rows(), tensorboard_dir=Path(args.output_dir) / "runs" / "objective_trace"
+                if tensorboard else None, title=f"{objective.name}: objective per optimiser step")
+
+    chosen = selector.summary() if selector is not None else {"criterion": "last", "step": result.global_step}
+    if selector is not None and chosen["step"] is not None:
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in chosen["figures"].items() if v is not None)
+        bound = ("" if chosen.get("met_bound", True)
+                 else f"; no evaluation met {selection.gap} <= {selection.max_gap:g}")
+        logger.info("selection %s: kept step %d (epoch %.2f) of %d dev evaluations (%s)%s", selection.criterion,
+                    chosen["step"], chosen["epoch"], len(chosen["history"]), figures, bound)
 
     outputs = {}
     zero3 = bool(args.deepspeed) and "zero_optimization" in (args.deepspeed if isinstance(args.deepspeed, dict) else {}) \
@@ -237,29 +293,30 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
                                               batch_size=args.per_device_eval_batch_size, objective=objective))
     cache = classifier.encoder_cache
     manifest = write_manifest(
-        run_dir, config=config.to_dict(), seed=args.seed, lora_target_modules=targets,
-        objective={"name": objective.name, "reconstructed": objective.reconstructed},
+        run_dir, config=resolved, seed=args.seed, lora_target_modules=targets,
+        objective={"name": objective.name, "reconstructed": objective.reconstructed,
+                   "options": config.objective.resolved_options()},
         group_spec={"keys": list(spec.keys), "groups": ["/".join(g) for g in spec.groups]},
         train_examples=len(train_examples), global_steps=result.global_step,
         train_loss=result.training_loss, seconds={"train_and_setup": train_seconds,
                                                   "total": time.time() - started},
         encoder_cache=None if cache is None else {"hits": cache.hits, "misses": cache.misses},
-        audio_truncated=collator.num_truncated, predictions=outputs,
+        audio_truncated=collator.num_truncated, predictions=outputs, selection=chosen,
     )
     return manifest
 
 
 # ------------------------------------------------------------------------------------ predict
 @torch.no_grad()
-def predict_examples(classifier, collator, examples: Sequence[Example], out_path: str | Path, *,
-                     batch_size: int = 8, objective=None, progress: bool = False, desc: str = "predicting") -> Path:
-    """Score ``examples`` and write the predictions table (probabilities from the class logits).
+def predict_probs(classifier, collator, examples: Sequence[Example], *, batch_size: int = 8, objective=None,
+                  progress: bool = False, desc: str = "predicting") -> np.ndarray:
+    """(n, K) float64 class probabilities of ``examples`` (softmax of the predicting logits, rows
+    renormalised to sum to 1); the classifier's train/eval mode is restored afterwards.
 
-    ``progress`` shows a tqdm bar over the batches (``desc`` labels it).
+    ``objective`` supplies the predicting logits (``Objective.predict_logits``); ``progress``
+    shows a tqdm bar over the batches (``desc`` labels it).
     """
     from tqdm.auto import tqdm
-
-    from llmfair.predictions import write_predictions
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1; got {batch_size}")
@@ -270,20 +327,32 @@ def predict_examples(classifier, collator, examples: Sequence[Example], out_path
     probs = []
     device = next(classifier.parameters()).device
     starts = range(0, len(records), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
-        batch = collator(records[start:start + batch_size])
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        outputs = classifier(**batch)
-        logits = objective.predict_logits(outputs) if objective is not None else outputs["logits"]
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-    classifier.train(was_training)
+    try:
+        for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+            batch = collator(records[start:start + batch_size])
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            outputs = classifier(**batch)
+            logits = objective.predict_logits(outputs) if objective is not None else outputs["logits"]
+            probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    finally:
+        classifier.train(was_training)
     probs_array = np.concatenate(probs).astype(np.float64)
     probs_array /= probs_array.sum(axis=1, keepdims=True)
+    return probs_array
+
+
+def predict_examples(classifier, collator, examples: Sequence[Example], out_path: str | Path, *,
+                     batch_size: int = 8, objective=None, progress: bool = False, desc: str = "predicting") -> Path:
+    """Score ``examples`` (:func:`predict_probs`) and write the predictions table."""
+    from llmfair.predictions import write_predictions
+
+    probs = predict_probs(classifier, collator, examples, batch_size=batch_size, objective=objective,
+                          progress=progress, desc=desc)
     write_predictions(
         out_path, ids=[e.id for e in examples], split=[e.split for e in examples],
         language=[e.language for e in examples], modality=[e.modality for e in examples],
         gender=[e.gender for e in examples], speaker=[e.speaker for e in examples], classes=MELD.classes,
-        probs=probs_array, labels=np.array([e.emotion for e in examples]),
+        probs=probs, labels=np.array([e.emotion for e in examples]),
     )
     return Path(out_path)
 
@@ -319,6 +388,9 @@ def predict(run_dir: str | Path, split: str = "test", out: str | Path | None = N
     run_dir = Path(run_dir)
     config = finished_run_config(run_dir)
     config.data.synth_seed = None  # the corpus exists already
+    # the split below is read as the train split too: the train-only subsample and imbalance must not touch it
+    config.data.max_train_examples = None
+    config.data.train_imbalance = None
     original = (config.data.train_split, config.data.eval_split, config.data.predict_split)
     config.data.train_split = config.data.eval_split = config.data.predict_split = split
     try:
