@@ -21,7 +21,9 @@ that grid resumably and collects the IDI table:
   std over folds × seeds per method × supervision × ratio, then per supervision level an
   ``Overall`` row (the mean of the DS, RW, GDRO and GADRO rows present, METHODS.md §3 and the §5.1
   note on v1's inconsistent Overall rows) and a ``Gain`` row (:func:`llmfair.metrics.gain` of the
-  Overall means against ERM's) — and plots (TPR gap vs ratio per method, F1 vs TPR gap).
+  Overall means against ERM's) — and plots (TPR gap vs ratio per method, F1 vs TPR gap) — and the
+  fairness–accuracy front of the runs, ``front.csv`` / ``front.png`` (:mod:`llmfair.report.front`,
+  one panel per ratio; figures with speaker-bootstrap intervals from :func:`front_figures`).
 
 Figures per run (METHODS.md §3): F1 = multi-label macro F1, ACC = Hamming accuracy (both after
 binarising at > 1/K), ``tpr_gap_rms``, ``dp_gap_sum`` (IDI Eq. 4 literally), ``dp_gap_rms``,
@@ -160,6 +162,9 @@ class SweepConfig:
     reference: str = field(default="erm", metadata={"help": "the method the Gain rows compare with"})
     overall: list = field(default_factory=lambda: list(OVERALL_FAMILIES),
                           metadata={"help": "method families averaged into the Overall rows"})
+    selection: dict = field(
+        default_factory=dict, metadata={"help": "HeadTrainingOptions.selection: model selection on the dev rows "
+                                                "({}: that option's default)"})
     threads: int | None = field(
         default=1, metadata={"help": "torch.set_num_threads for the sweep process (default 1: a 200k-parameter head "
                                      "gains nothing from intra-op threads and loses badly to oversubscription; run "
@@ -178,6 +183,12 @@ class SweepConfig:
             raise ConfigError(f"{src}: 'features' is required (a mapping with 'path' or 'extractor')")
         if not isinstance(self.head, Mapping):
             raise ConfigError(f"{src}: head must be a mapping of HeadOptions")
+        if not isinstance(self.selection, Mapping):
+            raise ConfigError(f"{src}: selection must be a mapping (HeadTrainingOptions.selection), got {self.selection!r}")
+        if self.selection:
+            from llmfair.training.selection import SelectionOptions
+
+            SelectionOptions.from_mapping(self.selection, source=f"{src}: selection")  # keys and values, at load time
         self.head_options()  # validates the keys and values
         for name, kind in (("epochs", int), ("batch", int), ("lr", float), ("weight_decay", float)):
             value = getattr(self, name)
@@ -250,7 +261,7 @@ class SweepConfig:
         return HeadTrainingOptions(
             epochs=self.epochs, batch_size=self.batch, learning_rate=self.lr, weight_decay=self.weight_decay,
             max_grad_norm=self.max_grad_norm, seed=seed, sampler=method.sampler,
-            sampler_options=dict(method.sampler_options))
+            sampler_options=dict(method.sampler_options), selection=dict(self.selection))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -580,9 +591,12 @@ def training_groups(run: RunSpec, train: Sequence[Example], groups: GroupTable |
 
 def _fingerprint(config: SweepConfig, run: RunSpec) -> str:
     """A hash of everything that determines the run's result (checked when resuming)."""
+    training = dataclasses.asdict(config.training_options(run.seed, run.method))
+    if not training["selection"]:
+        del training["selection"]  # the default rule: runs finished before the option existed still match
     payload = {
         "method": dataclasses.asdict(run.method), "ratio": run.ratio, "fold": run.fold, "seed": run.seed, "K": run.K,
-        "training": dataclasses.asdict(config.training_options(run.seed, run.method)),
+        "training": training,
         "head": dataclasses.asdict(config.head_options()), "features": config.features.identity(),
         "labels_dir": str(Path(config.labels_dir).resolve()),
         "groups_file": str(Path(config.groups_file).resolve()) if config.groups_file else None,
@@ -702,6 +716,7 @@ def execute_run(config: SweepConfig, run: RunSpec, data: _SweepData, out: Path) 
     result: HeadTrainingResult = train_head(
         x[rows(train)], _soft(train), groups.ids, objective,
         dev_features=x[rows(dev)] if dev else None, dev_labels=_soft(dev) if dev else None,
+        dev_genders=np.array([e.gender for e in dev]) if dev else None,
         options=config.training_options(run.seed, method), head_options=config.head_options(),
         train_classes=np.array([e.emotion for e in train], dtype=np.int64),
         group_probabilities=groups.probs if wants_probs else None, group_names=groups.names if wants_probs else None)
@@ -729,7 +744,8 @@ def execute_run(config: SweepConfig, run: RunSpec, data: _SweepData, out: Path) 
         "dev_counts": splits.counts.get("dev", _counts(dev)),
         "group_names": [groups.spec.describe(i) for i in range(groups.spec.num_groups)],
         "group_counts": np.bincount(groups.ids, minlength=groups.spec.num_groups).tolist(),
-        "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "num_steps": result.num_steps,
+        "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "selection": result.selection,
+        "num_steps": result.num_steps,
         "history": result.history, "figures": result.figures, "train_seconds": result.seconds,
         "seconds": time.perf_counter() - started, "predictions": pred_file.name,
     }
@@ -1042,19 +1058,80 @@ def plot_results(frame, out: str | os.PathLike, *, reference: str = "erm") -> li
     return paths
 
 
+FRONT_RESAMPLES = 200
+"""Speaker-bootstrap replicates per run for the front: enough for 95 % bars, and collecting a few
+hundred runs stays a matter of seconds (``llmfair report`` uses 1000 for a single table)."""
+
+
+def front_figures(pred: Any, *, n_resamples: int = FRONT_RESAMPLES, seed: int = 0,
+                  confidence: float = 0.95) -> dict[str, float]:
+    """The front figures of one feature-sweep run's test predictions with speaker-bootstrap
+    intervals: :func:`llmfair.report.front.front_figures` with the worst-cell gap of macro F1.
+
+    The table is multi-label (CREMA-D soft labels), binarised at > 1/K as everywhere in the sweep;
+    CREMA-D has one language × modality cell (eng, audio), so the worst cell's gap is the overall
+    gender gap of macro F1 (macro, not weighted: the F1 the IDI tables report).
+    """
+    from llmfair.report.front import front_figures as figures_of
+
+    return figures_of(pred, n_resamples=n_resamples, seed=seed, confidence=confidence, worst_cell_metric="macro_f1")
+
+
+def front_rows(out: str | os.PathLike, records: Sequence[Mapping[str, Any]], *, n_resamples: int = FRONT_RESAMPLES,
+               seed: int = 0) -> list[dict[str, Any]]:
+    """One :func:`llmfair.report.front.front_frame` row per finished run with a predictions table.
+
+    ``objective`` is the method's name (so the sweep's reference method is the front's reference),
+    ``options`` its objective options, then ``seed``, ``ratio``, ``fold``, ``K`` and
+    :func:`front_figures` of ``runs/predictions_<run id>.csv``. A run without that file is left
+    out (logged), as runs without metrics are left out of the results.
+    """
+    from tqdm.auto import tqdm
+
+    from llmfair.predictions import read_predictions
+
+    rows = []
+    for record in tqdm(records, desc="front: bootstrap per run", unit="run", disable=None, leave=False):
+        run_id = record.get("run_id")
+        path = predictions_path(out, str(run_id))
+        if run_id is None or not path.is_file():
+            logger.warning("run %s: no predictions table %s; left out of the front", run_id, path)
+            continue
+        rows.append({"run_id": run_id, "objective": record["method"], "options": record.get("options") or {},
+                     "seed": record.get("seed"), "ratio": record["ratio"], "fold": record.get("fold"),
+                     "K": record["K"], **front_figures(read_predictions(path), n_resamples=n_resamples, seed=seed)})
+    return rows
+
+
 def collect_results(out: str | os.PathLike, *, reference: str = "erm", overall: Sequence[str] = OVERALL_FAMILIES,
-                    plots: bool = True) -> dict[str, Path]:
-    """Write ``results.csv``, ``results.md`` and the plots from every finished run under ``out``.
+                    plots: bool = True, front: bool = True, front_resamples: int = FRONT_RESAMPLES,
+                    front_seed: int = 0) -> dict[str, Path]:
+    """Write ``results.csv``, ``results.md`` and the plots from every finished run under ``out``,
+    then (``front``) ``front.csv`` / ``front.png``: the fairness–accuracy front (weighted F1
+    against worst-cell gap, one panel per ratio) of every run with a predictions table.
 
     Returns:
-        ``{"csv": ..., "markdown": ..., "plots": [...]}`` paths (``plots`` as a list).
+        ``{"csv": ..., "markdown": ..., "plots": [...], "front": [front.csv, front.png]}`` paths
+        (``plots`` and ``front`` as lists; ``front`` absent when no run has predictions).
     """
     out = Path(out)
-    frame = results_frame(read_run_records(out), reference=reference, overall=overall)
+    records = read_run_records(out)
+    frame = results_frame(records, reference=reference, overall=overall)
     with atomic_path(out / "results.csv") as tmp:
         frame.to_csv(tmp, index=False)
     write_text(out / "results.md", results_markdown(frame, reference=reference))
     paths: dict[str, Any] = {"csv": out / "results.csv", "markdown": out / "results.md"}
     if plots:
         paths["plots"] = plot_results(frame, out, reference=reference)
+    if front:
+        from llmfair.report.front import front_frame, write_front
+
+        rows = front_rows(out, records, n_resamples=front_resamples, seed=front_seed)
+        if rows:
+            paths["front"] = write_front(
+                front_frame(rows, facet="ratio"), out, reference=reference, facet="ratio",
+                title=f"Fairness–accuracy front per imbalance ratio (one point per run; bars: {front_resamples} "
+                      "speaker-bootstrap replicates; ringed: on the front)")
+        else:
+            logger.warning("no run under %s has a predictions table; front.csv / front.png are not written", out)
     return paths

@@ -485,3 +485,175 @@ def test_cli_collect_only(tiny_sweep, capsys, tmp_path, crema_d_labels, features
     assert main(["sweep", str(path), "--out", str(out), "--shard", "0/2", "--no-progress"]) == 0
     assert "0 trained, 4 already finished" in capsys.readouterr().out
     assert main(["sweep", str(path), "--out", str(out), "--shard", "3/2"]) == 1
+
+
+# ===================================================================================== the front
+def _speaker_table(tmp: Path, n_speakers: int = 12, per_speaker: int = 6, seed: int = 0):
+    """A tiny multi-label table with a strong speaker effect: each speaker's predictions are right
+    with their own probability, so utterances of one speaker are correlated."""
+    from llmfair.predictions import write_predictions
+
+    rng = np.random.default_rng(seed)
+    k = len(CREMA_D.classes)
+    n = n_speakers * per_speaker
+    speaker = np.repeat(np.arange(n_speakers), per_speaker)
+    skill = rng.uniform(0.05, 0.95, n_speakers)[speaker]
+    true = rng.integers(0, k, n)
+    soft = np.full((n, k), 0.02)
+    soft[np.arange(n), true] = 1 - 0.02 * (k - 1)
+    second = (true + 1 + rng.integers(0, k - 1, n)) % k
+    two = rng.random(n) < 0.3  # some rows with two classes above 1/K
+    soft[two] = 0.02
+    soft[two, true[two]], soft[two, second[two]] = 0.45, 0.47
+    guess = np.where(rng.random(n) < skill, true, rng.integers(0, k, n))
+    probs = np.full((n, k), 0.04)
+    probs[np.arange(n), guess] = 1 - 0.04 * (k - 1)
+    gender = np.where(np.arange(n_speakers) % 2 == 0, "female", "male")[speaker]
+    return write_predictions(tmp / "tiny.csv", ids=[f"u{i}" for i in range(n)], split="test", language="eng",
+                             modality="audio", gender=gender, speaker=[f"s{s}" for s in speaker], classes=CREMA_D,
+                             probs=probs, labels=soft)
+
+
+def _loop_figures(y: np.ndarray, p: np.ndarray, male: np.ndarray) -> dict[str, float]:
+    """The four front figures of binarised labels / predictions, directly (no counts machinery)."""
+    def f1s(rows):
+        tp = (y[rows] & p[rows]).sum(0)
+        fp = (~y[rows] & p[rows]).sum(0)
+        fn = (y[rows] & ~p[rows]).sum(0)
+        denom = 2 * tp + fp + fn
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0), tp + fn
+
+    every = np.ones(len(y), dtype=bool)
+    f1, support = f1s(every)
+    weighted = float((f1 * support).sum() / support.sum()) if support.sum() else 0.0
+    gap = abs(f1s(male)[0].mean() - f1s(~male)[0].mean()) if male.any() and (~male).any() else np.nan
+    tpr = []
+    for rows in (~male, male):
+        pos = y[rows].sum(0)
+        tpr.append(np.where(pos > 0, (y[rows] & p[rows]).sum(0) / np.maximum(pos, 1), np.nan))
+    tpr_gap = np.abs(tpr[1] - tpr[0])
+    rms = float(np.sqrt(np.nanmean(tpr_gap ** 2))) if np.isfinite(tpr_gap).any() else np.nan
+    return {"weighted_f1": weighted, "macro_f1": float(f1.mean()), "worst_cell_gap": float(gap), "tpr_gap_rms": rms}
+
+
+def test_front_bootstrap_matches_a_loop_over_speakers(tmp_path):
+    pred = _speaker_table(tmp_path)
+    y, p = pred.label_bin, pred.prediction_bin
+    male = pred.column("gender") == "male"
+    speakers = pred.column("speaker")
+    R = 2000
+    got = sweep.front_figures(pred, n_resamples=R, seed=1)
+    # point estimates against scikit-learn and the direct computation
+    direct = _loop_figures(y, p, male)
+    assert got["weighted_f1"] == pytest.approx(f1_score(y, p, average="weighted", zero_division=0), abs=1e-12)
+    assert got["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0), abs=1e-12)
+    assert got["worst_cell_gap"] == pytest.approx(abs(f1_score(y[male], p[male], average="macro", zero_division=0)
+                                                      - f1_score(y[~male], p[~male], average="macro", zero_division=0)))
+    for name, value in direct.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
+    # intervals against a loop that resamples speakers with replacement and recomputes everything
+    rng = np.random.default_rng(5)
+    names = np.unique(speakers)
+    rows_of = {s: np.flatnonzero(speakers == s) for s in names}
+    reps = {name: [] for name in direct}
+    for _ in range(R):
+        rows = np.concatenate([rows_of[s] for s in rng.choice(names, size=len(names), replace=True)])
+        for name, value in _loop_figures(y[rows], p[rows], male[rows]).items():
+            reps[name].append(value)
+    from llmfair.metrics.bootstrap import bootstrap_ci
+
+    by_utterance = bootstrap_ci(pred, unit="utterance", n_resamples=R, seed=1, metrics=("weighted_f1", "macro_f1"),
+                                worst_cell_metric="macro_f1").overall.set_index("metric")
+    for name, values in reps.items():
+        low, high = np.nanpercentile(np.array(values), [2.5, 97.5])
+        assert got[f"{name}_low"] == pytest.approx(low, abs=0.025), name
+        assert got[f"{name}_high"] == pytest.approx(high, abs=0.025), name
+        if name in by_utterance.index:  # the test can fail: utterance resampling gives narrower bars
+            width = by_utterance.loc[name, "high"] - by_utterance.loc[name, "low"]
+            assert width < (high - low) - 0.05, name
+    again = sweep.front_figures(pred, n_resamples=50, seed=1)
+    assert again == sweep.front_figures(pred, n_resamples=50, seed=1)  # seeded
+    assert again != sweep.front_figures(pred, n_resamples=50, seed=2)
+
+
+def test_collect_writes_the_front(tiny_sweep, tmp_path):
+    from PIL import Image
+
+    from llmfair.report import FRONT_FIGURES, pareto_mask
+
+    _, summary, out = tiny_sweep
+    assert [p.name for p in summary.results["front"]] == ["front.csv", "front.png"]
+    front = pd.read_csv(out / "front.csv", keep_default_na=False, na_values=["nan", "NaN"])
+    figures = [f"{f}{s}" for f in FRONT_FIGURES for s in ("", "_low", "_high")]
+    assert list(front.columns) == ["run_id", "objective", "options", "seed", "ratio", "fold", "K", *figures, "pareto"]
+    assert sorted(front["run_id"]) == sorted(EXPECTED_IDS)
+    assert set(front["objective"]) == {"erm", "rw"} and set(front["options"]) == {""}
+    for ratio in (1, 20):
+        block = front[front["ratio"] == ratio]
+        assert len(block) == 4
+        assert np.array_equal(block["pareto"].to_numpy(bool), pareto_mask(block["weighted_f1"], block["worst_cell_gap"]))
+    classes = list(CREMA_D.classes)
+    for _, row in front.iterrows():
+        record = json.loads((out / "runs" / f"metrics_{row['run_id']}.json").read_text())
+        pred = pd.read_csv(out / "runs" / f"predictions_{row['run_id']}.csv")
+        y = pred[[f"label_{c}" for c in classes]].to_numpy() > 1 / 6
+        p = pred[[f"prob_{c}" for c in classes]].to_numpy() > 1 / 6
+        male = (pred["gender"] == "male").to_numpy()
+        assert row["macro_f1"] == pytest.approx(record["metrics"]["f1"], abs=1e-12)
+        assert row["tpr_gap_rms"] == pytest.approx(record["metrics"]["tpr_gap_rms"], abs=1e-12)
+        assert row["weighted_f1"] == pytest.approx(f1_score(y, p, average="weighted", zero_division=0), abs=1e-12)
+        assert row["worst_cell_gap"] == pytest.approx(abs(f1_score(y[male], p[male], average="macro", zero_division=0)
+                                                          - f1_score(y[~male], p[~male], average="macro",
+                                                                     zero_division=0)), abs=1e-12)
+        assert (row["seed"], row["fold"], row["ratio"]) == (record["seed"], record["fold"], record["ratio"])
+        for f in FRONT_FIGURES:
+            assert row[f"{f}_low"] < row[f"{f}_high"], (row["run_id"], f)
+    with Image.open(out / "front.png") as image:
+        assert image.format == "PNG" and image.size[0] > 0
+    # a run without its predictions table is left out of the front (the results keep it)
+    shutil.copytree(out / "runs", tmp_path / "runs")
+    (tmp_path / "runs" / "predictions_rw-r20-f2-s0.csv").unlink()
+    paths = sweep.collect_results(tmp_path, plots=False, front_resamples=20)
+    assert "rw-r20-f2-s0" not in set(pd.read_csv(paths["front"][0])["run_id"])
+    assert len(pd.read_csv(paths["front"][0])) == 7 and len(pd.read_csv(paths["csv"])) > 0
+
+
+def test_collect_without_predictions_writes_no_front(tiny_sweep, tmp_path):
+    _, _, out = tiny_sweep
+    template = json.loads((out / "runs" / "metrics_erm-r20-f1-s0.json").read_text())
+    _fake_records(template, tmp_path)
+    paths = sweep.collect_results(tmp_path, plots=False)
+    assert "front" not in paths and not (tmp_path / "front.csv").exists() and paths["csv"].is_file()
+
+
+def test_selection_goes_to_the_training_options(tmp_path, crema_d_labels, features_file):
+    # needs HeadTrainingOptions.selection (llmfair/ssl/train_head.py)
+    config = sweep.SweepConfig.from_yaml(_config(tmp_path, crema_d_labels, features_file,
+                                                 selection={"criterion": "dev_loss"}))
+    assert config.selection == {"criterion": "dev_loss"}
+    assert config.training_options(0, config.methods[0]).selection == {"criterion": "dev_loss"}
+    default = sweep.SweepConfig.from_yaml(_config(tmp_path, crema_d_labels, features_file))
+    assert default.selection == {} and default.training_options(0, default.methods[0]).selection == {}
+    with pytest.raises(ConfigError, match="selection"):
+        sweep.SweepConfig.from_yaml(_config(tmp_path, crema_d_labels, features_file, selection=[1]))
+
+
+def test_dev_genders_reach_train_head(tmp_path, crema_d_labels, features_file, fold1_examples, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(sweep, "train_head", capture)
+    config = sweep.SweepConfig.from_yaml(_config(tmp_path, crema_d_labels, features_file, folds=[1], ratios=[20],
+                                                 methods=[{"name": "erm", "objective": "erm"}]))
+    with pytest.raises(Stop):
+        sweep.run_sweep(config, tmp_path / "out", progress=False, collect=False)
+    dev = [e for e in build_imbalanced_splits(fold1_examples, CREMA_D, 20, 0).examples if e.split == "dev"]
+    assert isinstance(seen["dev_genders"], np.ndarray)
+    assert seen["dev_genders"].tolist() == [e.gender for e in dev] and len(dev) == len(seen["dev_labels"])
+    assert set(seen["dev_genders"]) <= {"female", "male", "unknown"}

@@ -6,7 +6,9 @@
   :func:`llmfair.metrics.summary_dict`, and the paired differences of
   :func:`llmfair.metrics.paired_comparison`.
 - :mod:`~llmfair.report.plots`: the PNG figures (matplotlib is imported only when plotting).
+- :mod:`~llmfair.report.front`: fairness–accuracy fronts of a sweep (``front.csv``, ``front.png``).
 """
+from llmfair.report.front import FRONT_FIGURES, format_options, front_figures, front_frame, pareto_mask, write_front
 from llmfair.report.tables import (
     comparison_frame,
     comparison_markdown,
@@ -24,3 +26,4 @@ __all__ = [
     "gaps_frame", "paired_markdown", "run_names", "slices_frame", "summary_markdown", "system_groups",
     "write_report",
 ]
+__all__ += ["FRONT_FIGURES", "format_options", "front_figures", "front_frame", "pareto_mask", "write_front"]
