@@ -181,8 +181,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- sweep
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from llmfair.speechllm.sweep import is_speech_sweep
     from llmfair.sweep import SweepConfig, collect_results, parse_shard, run_sweep
 
+    if is_speech_sweep(args.config):
+        return _speech_sweep(args)
     config = SweepConfig.from_yaml(args.config)
     if not (args.out or config.out):
         raise LlmfairError(f"{args.config}: no output directory; set 'out' in the config or pass --out")
@@ -195,6 +198,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"{len(summary.skipped)} already finished ({summary.seconds:.0f} s)")
         paths = summary.results
     print(f"results: {paths['markdown']} and {paths['csv']}; plots: {', '.join(str(p) for p in paths['plots'])}")
+    return 0
+
+
+def _speech_sweep(args: argparse.Namespace) -> int:
+    """``llmfair sweep`` of a speech-LLM sweep YAML (one with a ``recipe``)."""
+    from llmfair.speechllm.sweep import SpeechSweepConfig, collect_results, run_sweep
+    from llmfair.sweep import parse_shard
+
+    config = SpeechSweepConfig.from_yaml(args.config)
+    if not (args.out or config.out):
+        raise LlmfairError(f"{args.config}: no output directory; set 'out' in the config or pass --out")
+    out = Path(args.out or config.out)
+    if args.collect_only:
+        paths = collect_results(config, out)
+    else:
+        summary = run_sweep(config, out, parse_shard(args.shard), progress=not args.no_progress)
+        print(f"shard {args.shard}: {len(summary.planned)} runs, {len(summary.ran)} trained, "
+              f"{len(summary.skipped)} already finished ({summary.seconds:.0f} s)")
+        paths = summary.results
+    if paths.get("missing"):
+        print(f"{len(paths['missing'])} run(s) of the grid not finished yet (other shards?)")
+    print(f"front: {paths['front'][0]} and {paths['front'][1]}")
+    for label, path in (paths.get("comparisons") or {}).items():
+        print(f"paired comparison ({label}): {path}")
+    if paths.get("summary"):
+        print(Path(paths["summary"]).read_text(encoding="utf-8"))
     return 0
 
 
@@ -354,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="methods × imbalance ratios × folds × seeds (× K) on cached features, "
                                           "resumable; IDI-format results table and plots")
-    sweep.add_argument("config", help="sweep YAML (corpus, labels_dir, features, methods, ratios, folds, seeds, recipe)")
+    sweep.add_argument("config", help="sweep YAML: a feature sweep (corpus, labels_dir, features, methods, ratios, folds, "
+                                      "seeds) or a speech-LLM sweep (recipe, objectives with option grids, seeds, "
+                                      "train_imbalance)")
     sweep.add_argument("--out", default=None, help="output directory (default: the config's 'out')")
     sweep.add_argument("--shard", default="0/1", metavar="I/N",
                        help="run every N-th run of the grid starting at I (default 0/1: all); finished runs are skipped")

@@ -123,6 +123,15 @@ def hidden_states_from_audio_features(model: torch.nn.Module, batch: Mapping[str
     return out.last_hidden_state
 
 
+_SHARED_MEMORY: dict[tuple, dict[str, torch.Tensor]] = {}
+"""In-memory stores of :class:`EncoderCache` objects, per (directory, model, window, front end)."""
+
+
+def clear_shared_memory() -> None:
+    """Drop every in-memory store (the files on disk stay)."""
+    _SHARED_MEMORY.clear()
+
+
 class EncoderCache:
     """Per-clip audio-encoder outputs on disk (safetensors), keyed by model, window and audio.
 
@@ -133,7 +142,9 @@ class EncoderCache:
             skip the hashing; it must change whenever the tower's weights or dtype do.
         window_seconds: the encoder window (part of the key: it changes the mel padding).
         frontend: other front-end settings that change the mel features (part of the key).
-        in_memory: also keep loaded features in RAM (CPU tensors) for the life of the object.
+        in_memory: also keep loaded features in RAM (CPU tensors). Caches of one process with the
+            same directory, model, window and front end share that store, so the runs of a sweep
+            read each clip from disk once (:func:`clear_shared_memory` empties it).
 
     Attributes:
         hits, misses: clips served from the cache / computed; ``encoder_calls``: tower invocations.
@@ -148,7 +159,8 @@ class EncoderCache:
         self.window_seconds = float(window_seconds)
         self.frontend = frontend
         self.in_memory = in_memory
-        self._memory: dict[str, torch.Tensor] = {}
+        identity = (str(self.directory.resolve()), model_id, self.window_seconds, frontend)
+        self._memory: dict[str, torch.Tensor] = _SHARED_MEMORY.setdefault(identity, {}) if in_memory else {}
         self.hits = 0
         self.misses = 0
         self.encoder_calls = 0
