@@ -74,6 +74,36 @@ def test_hard_max_value_and_gradient(seed: int) -> None:
     torch.testing.assert_close(out.loss.detach(), loss.mean().detach() + 0.7 * (gaps[worst].abs().detach()))
 
 
+@pytest.mark.parametrize("reduction", ["hard", "lse"])
+def test_worse_side_only_lowers_the_disadvantaged_gender(reduction: str) -> None:
+    """side=worse: the gradient of erm + λ·(L̄_worse − sg(L̄_better)) in each cell (weighted as the
+    reduction weights the cells); the better-off gender's rows get exactly their ERM gradient."""
+    spec = make_spec()
+    ids, theta = batch(spec, 4, n=40)
+    options = {"weight": "fixed", "lambda_init": 0.7, "missing": "skip", "reduction": reduction, "temperature": 0.2}
+    both = build_objective("minmaxgap", spec, options)(ObjectiveInputs(per_sample(theta), ids))
+    worse = build_objective("minmaxgap", spec, {**options, "side": "worse"})(ObjectiveInputs(per_sample(theta), ids))
+    assert worse.figures == both.figures and float(worse.loss) == pytest.approx(float(both.loss))
+    (g_obj,) = torch.autograd.grad(worse.loss, theta)
+    loss = per_sample(theta)
+    gaps = explicit_gaps(spec, ids, loss)
+    values = torch.stack([g.abs() for g in gaps.values()]).detach()
+    if reduction == "hard":
+        coef = torch.zeros_like(values)
+        coef[int(values.argmax())] = 1.0
+    else:
+        coef = torch.softmax(values / 0.2, 0)
+    penalty = 0.0
+    for k, cell in enumerate(gaps):
+        f = loss[ids == gid(spec, *cell, "female")].mean()
+        m = loss[ids == gid(spec, *cell, "male")].mean()
+        penalty = penalty + coef[k] * ((m - f.detach()) if float(m) > float(f) else (f - m.detach()))
+    (g_ref,) = torch.autograd.grad(loss.mean() + 0.7 * penalty, theta)
+    torch.testing.assert_close(g_obj, g_ref)
+    (g_both,) = torch.autograd.grad(both.loss, theta)
+    assert not torch.allclose(g_obj, g_both)  # the two sides differ, so the check above can fail
+
+
 def test_lse_gradient_matches_explicit_logsumexp() -> None:
     spec = make_spec()
     ids, theta = batch(spec, 5, n=40)

@@ -11,6 +11,12 @@ llmfair implements METHODS.md §2.16:
 - R = max_k GAP_k (``reduction="hard"``) or T·log Σ_k exp(GAP_k / T) (``reduction="lse"``);
 - L = L_ERM + λ_t · R with λ_t ``fixed`` (λ0), ``ratio`` (λ0 · sg(R / L_ERM): fairness pressure
   tied to the relative size of the gap) or ``dual`` (λ ← max(0, λ + η (R − τ)) after every step).
+- ``side``: which way the penalty's gradient pushes. ``both`` (the gap as written, the default):
+  the disadvantaged gender's loss is pushed down *and* the advantaged gender's loss is pushed up;
+  ``worse``: the advantaged gender's mean is treated as a constant (stop-gradient), so the term
+  only lowers the disadvantaged gender's loss in the worst cell(s) — a DRO-like step that never
+  trades one group's accuracy for the gap. The value of R, λ and every logged figure are the
+  same for both; llmfair's own variant, not from the paper (docs/minmaxgap.md measures both).
 
 A cell whose batch lacks one gender: with ``missing="running"`` (default) that gender's mean is an
 exponential running estimate from earlier batches (no gradient flows to it; the present side
@@ -51,9 +57,12 @@ class MinMaxGapOptions:
     lambda_max: float = field(default=10.0, metadata={"help": "upper bound on λ for every weight rule"})
     missing: str = field(default="running", metadata={"help": "a cell missing a gender in a batch: running (estimate) or skip"})
     momentum: float = field(default=0.9, metadata={"help": "momentum of the running per-cell, per-gender loss estimates"})
+    side: str = field(default="both", metadata={"help": "both: the gap's gradient lowers the worse gender's loss and "
+                                                        "raises the better one's; worse: only lowers the worse one's"})
 
     def __post_init__(self) -> None:
-        choices = {"reduction": ("hard", "lse"), "weight": ("fixed", "ratio", "dual"), "missing": ("running", "skip")}
+        choices = {"reduction": ("hard", "lse"), "weight": ("fixed", "ratio", "dual"), "missing": ("running", "skip"),
+                   "side": ("both", "worse")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"minmaxgap option {name}={getattr(self, name)!r}; expected one of {allowed}")
@@ -150,6 +159,10 @@ class MinMaxGap(Objective):
         # Σ_local dℓ_i / n_global, scaled by W to undo DDP's gradient averaging.
         direction = (coef * torch.sign(diff)).to(loss_i.dtype)
         per_gender = torch.where(present, local_sum / global_n.clamp_min(1).to(loss_i.dtype), torch.zeros_like(local_sum))
+        if opts.side == "worse":  # the better-off side counts as a constant: same value, gradient on the worse side only
+            male_worse = (direction > 0).unsqueeze(1)
+            worse_side = torch.cat([~male_worse, male_worse], dim=1)
+            per_gender = torch.where(worse_side, per_gender, per_gender.detach())
         surrogate = (direction * (per_gender[:, 1] - per_gender[:, 0])).sum() * self.reducer.world_size
 
         lam = self._weight(max_gap, erm_value)
