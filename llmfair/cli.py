@@ -213,7 +213,8 @@ def _speech_sweep(args: argparse.Namespace) -> int:
     if args.collect_only:
         paths = collect_results(config, out)
     else:
-        summary = run_sweep(config, out, parse_shard(args.shard), progress=not args.no_progress)
+        summary = run_sweep(config, out, parse_shard(args.shard), progress=not args.no_progress,
+                            extend=args.extend)
         print(f"shard {args.shard}: {len(summary.planned)} runs, {len(summary.ran)} trained, "
               f"{len(summary.skipped)} already finished ({summary.seconds:.0f} s)")
         paths = summary.results
@@ -392,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--collect-only", action="store_true",
                        help="train nothing: rebuild results.csv/.md and plots from the finished runs in --out")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--extend", action="store_true",
+                       help="speech-LLM sweeps: accept a grid that adds runs to the sweep in --out (nothing else may change)")
     sweep.set_defaults(func=cmd_sweep)
 
     demo = sub.add_parser("demo", help="built-in corpus → tiny Qwen2-Audio with erm and minmaxgap → benchmark with the "

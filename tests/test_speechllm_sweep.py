@@ -41,9 +41,9 @@ def test_plan_validates_and_names_every_run(tmp_path, corpus):
     runs = speech_sweep.plan_runs(config)
     assert len(runs) == 2 * 3 * 2  # imbalance × systems × seeds
     assert [r.run_id for r in runs[:6]] == [
-        "erm-as-is-s0", "erm-as-is-s1", "minmaxgap_weight-fixed-as-is-s0", "minmaxgap_weight-fixed-as-is-s1",
-        "minmaxgap_weight-dual-as-is-s0", "minmaxgap_weight-dual-as-is-s1"]
-    assert {r.system for r in runs} == {"erm", "minmaxgap[weight=fixed]", "minmaxgap[weight=dual]"}
+        "erm-as-is-s0", "erm-as-is-s1", "minmaxgap_lambda_init-0.5_weight-fixed-as-is-s0", "minmaxgap_lambda_init-0.5_weight-fixed-as-is-s1",
+        "minmaxgap_lambda_init-0.5_weight-dual-as-is-s0", "minmaxgap_lambda_init-0.5_weight-dual-as-is-s1"]
+    assert {r.system for r in runs} == {"erm", "minmaxgap[lambda_init=0.5,weight=fixed]", "minmaxgap[lambda_init=0.5,weight=dual]"}
     dual = runs[5].recipe
     assert dual["objective"]["options"]["weight"] == "dual" and dual["objective"]["options"]["lambda_init"] == 0.5
     assert dual["objective"]["options"]["reduction"] == "hard"  # resolved: defaults filled in
@@ -88,7 +88,7 @@ def test_sweep_front_comparisons_resume_and_changed_grid(tmp_path, corpus, llmfa
     assert "3 trained, 0 already finished" in capsys.readouterr().out
 
     front = pd.read_csv(out / "front.csv", keep_default_na=False, na_values=["nan", "NaN"])
-    assert len(front) == 6 and set(front["system"]) == {"erm", "minmaxgap[weight=fixed]", "minmaxgap[weight=dual]"}
+    assert len(front) == 6 and set(front["system"]) == {"erm", "minmaxgap[lambda_init=0.5,weight=fixed]", "minmaxgap[lambda_init=0.5,weight=dual]"}
     assert set(front["options"]) == {"", "lambda_init=0.5,weight=fixed", "lambda_init=0.5,weight=dual"}
     assert np.array_equal(front["pareto"].to_numpy(bool), pareto_mask(front["weighted_f1"], front["worst_cell_gap"]))
     for _, row in front.iterrows():
@@ -104,13 +104,13 @@ def test_sweep_front_comparisons_resume_and_changed_grid(tmp_path, corpus, llmfa
         assert config["training"]["seed"] == row["seed"]
     assert (out / "front.png").stat().st_size > 0
     # the minmaxgap runs keep their per-step trace
-    trace = pd.read_csv(out / "runs" / "minmaxgap_weight-dual-as-is-s0" / "objective_trace.csv")
+    trace = pd.read_csv(out / "runs" / "minmaxgap_lambda_init-0.5_weight-dual-as-is-s0" / "objective_trace.csv")
     assert {"step", "lambda", "max_gap", "worst_cell"} <= set(trace.columns)
     comparison = json.loads((out / "comparisons" / "as-is" / "comparison.json").read_text())
-    assert set(comparison["paired"]) == {"minmaxgap[weight=fixed]", "minmaxgap[weight=dual]"}
+    assert set(comparison["paired"]) == {"minmaxgap[lambda_init=0.5,weight=fixed]", "minmaxgap[lambda_init=0.5,weight=dual]"}
     assert comparison["systems"]["erm"]["seeds"] == 2
     summary = (out / "summary.md").read_text()
-    assert "## train imbalance: as-is" in summary and "minmaxgap[weight=dual]" in summary and "paired" in summary
+    assert "## train imbalance: as-is" in summary and "minmaxgap[lambda_init=0.5,weight=dual]" in summary and "paired" in summary
 
     # resume: nothing to do; a lost run is retrained, the others are kept as they are
     before = (out / "runs" / "erm-as-is-s1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
@@ -123,8 +123,17 @@ def test_sweep_front_comparisons_resume_and_changed_grid(tmp_path, corpus, llmfa
     changed = _write(tmp_path, corpus, seeds=[0, 1, 2])
     assert cli_main(["sweep", str(changed), "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "'seeds' was [0, 1], not [0, 1, 2]" in err and "another --out" in err
+    assert "'seeds' was [0, 1], not [0, 1, 2]" in err and "another --out" in err and "--extend" in err
     assert len(list((out / "runs").iterdir())) == 6
+    # a grid that drops runs is refused even with --extend; one that only adds runs trains just those
+    fewer = _write(tmp_path, corpus, seeds=[0])
+    assert cli_main(["sweep", str(fewer), "--out", str(out), "--extend", "--no-progress"]) == 1
+    assert "3 would be dropped" in capsys.readouterr().err
+    changed = _write(tmp_path, corpus, seeds=[0, 1, 2])  # (_write reuses one file name)
+    assert cli_main(["sweep", str(changed), "--out", str(out), "--extend", "--no-progress"]) == 0
+    assert "3 trained, 6 already finished" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "front.csv")) == 9
+    assert (out / "runs" / "erm-as-is-s1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
 def test_encoder_caches_of_one_process_share_memory(tmp_path):

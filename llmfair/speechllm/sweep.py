@@ -197,10 +197,12 @@ def _slug(value: Any) -> str:
 
 
 def system_name(objective: str, options: Mapping[str, Any], swept: Sequence[str]) -> str:
-    """``objective`` plus the swept options' values, e.g. ``minmaxgap[reduction=lse,weight=dual]``."""
-    if not swept:
+    """``objective`` plus the values of its swept and fixed options, e.g.
+    ``minmaxgap[reduction=lse,weight=dual]`` (``objective`` alone without any)."""
+    keys = sorted(set(swept) | set(options))
+    if not keys:
         return objective
-    return f"{objective}[{','.join(f'{k}={_slug(options[k])}' for k in sorted(swept))}]"
+    return f"{objective}[{','.join(f'{k}={_slug(options[k])}' for k in keys)}]"
 
 
 def run_id_of(name: str) -> str:
@@ -303,8 +305,12 @@ def is_finished(out: str | os.PathLike, run: SpeechRun) -> bool:
     return (folder / "manifest.json").is_file() and (folder / f"predictions_{_predict_split(run)}.csv").is_file()
 
 
-def _check_plan(config: SpeechSweepConfig, runs: Sequence[SpeechRun], out: Path) -> None:
-    """Write the plan, or refuse one that differs from the plan already in ``out``."""
+def _check_plan(config: SpeechSweepConfig, runs: Sequence[SpeechRun], out: Path, *, extend: bool = False) -> None:
+    """Write the plan, or refuse one that differs from the plan already in ``out``.
+
+    ``extend`` accepts a plan that keeps every earlier run with the same recipe and adds runs
+    (a new objective, option value, seed or imbalance); anything else is refused, naming it.
+    """
     plan = {"sweep": config.to_dict(), "runs": {r.run_id: r.recipe for r in runs}}
     path = out / PLAN_FILE
     if path.is_file():
@@ -312,16 +318,30 @@ def _check_plan(config: SpeechSweepConfig, runs: Sequence[SpeechRun], out: Path)
             old = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"{path} is not a sweep plan ({exc}); use another --out") from None
+        old_runs = old.get("runs", {})
+        for run_id, recipe in plan["runs"].items():
+            if run_id in old_runs and old_runs[run_id] != recipe:
+                changed = sorted(k for k in set(recipe) | set(old_runs[run_id])
+                                 if recipe.get(k) != old_runs[run_id].get(k))
+                raise ConfigError(f"{out}: run {run_id} was planned with another recipe (section(s) {changed} "
+                                  "differ); use another --out")
+        dropped = sorted(set(old_runs) - set(plan["runs"]))
         old_sweep, new_sweep = old.get("sweep", {}), plan["sweep"]
+        if extend and not dropped:
+            if len(plan["runs"]) > len(old_runs):
+                write_json(path, plan)
+                logger.info("sweep %s extended: %d runs planned, %d before", out, len(plan["runs"]), len(old_runs))
+            return
+        if extend:
+            raise ConfigError(f"{out}: --extend keeps every planned run, but {len(dropped)} would be dropped (e.g. "
+                              f"{dropped[0]}); use another --out")
         for key in sorted(set(old_sweep) | set(new_sweep)):
             if old_sweep.get(key) != new_sweep.get(key):
+                hint = " (it only adds runs: pass --extend to train them beside the finished ones)" if not dropped \
+                    else ""
                 raise ConfigError(f"{out} holds a sweep whose {key!r} was {old_sweep.get(key)!r}, not "
-                                  f"{new_sweep.get(key)!r}: the grid changed; use another --out (its finished runs "
-                                  "stay where they are)")
-        for run_id, recipe in plan["runs"].items():
-            if run_id in old.get("runs", {}) and old["runs"][run_id] != recipe:
-                raise ConfigError(f"{out}: run {run_id} was planned with another recipe (the recipe file changed); use "
-                                  "another --out")
+                                  f"{new_sweep.get(key)!r}: the grid changed; use another --out{hint} (its finished "
+                                  "runs stay where they are)")
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, plan)
@@ -338,8 +358,10 @@ class SpeechSweepSummary:
 
 
 def run_sweep(config: SpeechSweepConfig, out: str | os.PathLike | None = None, shard: tuple[int, int] = (0, 1), *,
-              collect: bool = True, progress: bool = True) -> SpeechSweepSummary:
+              collect: bool = True, progress: bool = True, extend: bool = False) -> SpeechSweepSummary:
     """Train the shard's unfinished runs (finished ones are skipped), then collect the front.
+
+    ``extend``: the grid may add runs to the sweep already in ``out`` (:func:`_check_plan`).
 
     A run killed part-way is resumed from its newest complete checkpoint when it has one, and
     retrained otherwise (its directory holds only what llmfair wrote there).
@@ -352,7 +374,7 @@ def run_sweep(config: SpeechSweepConfig, out: str | os.PathLike | None = None, s
     if not str(out) or str(out) == ".":
         raise ConfigError(f"{config.source}: no output directory (set 'out' in the config or pass --out)")
     full = plan_runs(config)
-    _check_plan(config, full, out)
+    _check_plan(config, full, out, extend=extend)
     runs = full[shard[0]::shard[1]]
     started = time.perf_counter()
     ran, skipped, seconds = [], [], {}
