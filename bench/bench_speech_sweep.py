@@ -1,10 +1,10 @@
 """Benchmark: per-run time of a 20-run tiny-model speech-LLM sweep with and without the reuse of
 cached encoder outputs across runs.
 
-One process, one built-in corpus, 20 runs (erm and minmaxgap × weight {fixed, ratio, dual} ×
-reduction {hard, lse} ... cut to 20: 4 systems × 5 seeds), each a short LoRA run on a seeded
-subsample of the train rows followed by predicting the test split. Three modes, run one after
-another over the same 20 recipes:
+One process, one built-in corpus (English rows, both modalities), 20 runs (erm and minmaxgap with
+weight fixed, ratio, dual: 4 systems × 5 seeds), each a short LoRA run (2 epochs on a seeded
+subsample of the train rows) followed by predicting the English test split. Three modes, run
+one after another over the same 20 recipes:
 
 - ``shared``: what ``llmfair sweep`` does: every run's encoder cache shares one in-memory store
   (and the disk cache), so each clip is encoded once for the whole sweep;
@@ -38,7 +38,8 @@ def plan(out: Path, corpus: Path, rows: int, runs: int, encoder_cache: bool):
     config = SpeechSweepConfig.from_mapping({
         "recipe": str(recipe),
         "set": {"data.root": str(corpus), "data.synth_seed": None, "data.max_train_examples": rows,
-                "training.num_train_epochs": 2, "training.disable_tqdm": True, "training.report_to": [],
+                "data.languages": ["eng"], "training.num_train_epochs": 2, "training.disable_tqdm": True,
+                "training.report_to": [],
                 "encoder_cache": encoder_cache},
         "objectives": [{"name": "erm"}, {"name": "minmaxgap", "sampler": "group_covering",
                                          "grid": {"weight": ["fixed", "ratio", "dual"]}}],

@@ -436,20 +436,65 @@ def collect_results(config: SpeechSweepConfig, out: str | os.PathLike, *, seed: 
     return paths
 
 
+SUMMARY_FIGURES: tuple[tuple[str, str], ...] = (
+    ("weighted_f1", "W-F1"), ("worst_cell_gap", "worst-cell gap"), ("tpr_gap_rms", "TPR gap (RMS)"))
+
+
+def _interval(figure: Mapping[str, Any], key: str = "mean", signed: bool = False) -> str:
+    value, low, high = figure.get(key), figure.get("ci_low"), figure.get("ci_high")
+    if value is None:
+        return "n/a"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    bounds = "" if low is None or high is None else f" [{fmt.format(low)}, {fmt.format(high)}]"
+    return fmt.format(value) + bounds
+
+
+def summary_markdown(comparison: Mapping[str, Any], cells: Sequence[str] = ()) -> str:
+    """A Markdown table of one paired comparison (``comparison.json`` of ``write_report``): per
+    system its seeds, each :data:`SUMMARY_FIGURES` figure (mean over seeds [interval]) and its
+    paired Δ against the reference (``*``: the interval excludes 0), then Δ of the |male − female|
+    W-F1 gap in each of ``cells`` (e.g. ``eng/audio``)."""
+    reference = comparison.get("reference_system", comparison.get("reference"))
+    paired = comparison.get("paired") or {}
+    headers = ["system", "seeds"] + [label for _, label in SUMMARY_FIGURES] + \
+        [f"Δ {label}" for _, label in SUMMARY_FIGURES] + [f"Δ gap {c}" for c in cells]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for name, system in comparison["systems"].items():
+        row = [f"`{name}`", str(system.get("seeds", 1))]
+        row += [_interval(system["figures"][key]) for key, _ in SUMMARY_FIGURES]
+        deltas = paired.get(name)
+        for key in [k for k, _ in SUMMARY_FIGURES] + [f"gap/{c}/weighted_f1" for c in cells]:
+            if deltas is None or key not in deltas:
+                row.append("—" if name == reference else "n/a")
+                continue
+            mark = "*" if deltas[key].get("resolved") else ""
+            row.append(_interval(deltas[key], "delta", signed=True) + mark)
+        lines.append("| " + " | ".join(row) + " |")
+    speakers = comparison.get("speakers", {})
+    lines.append("")
+    lines.append(f"Test split: {comparison.get('n_rows', '?')} rows, {speakers.get('female', '?')} female and "
+                 f"{speakers.get('male', '?')} male speakers; {comparison.get('n_resamples')} "
+                 f"{comparison.get('unit')}-bootstrap replicates (rows and seeds resampled); Δ against `{reference}`, "
+                 "paired on the same resampled units; * = the interval excludes 0.")
+    return "\n".join(lines)
+
+
 def _write_summary(config: SpeechSweepConfig, out: Path, comparisons: Mapping[str, Path], finished: int,
                    planned: int) -> Path:
-    """``summary.md``: per imbalance level, every system's headline figures (mean over seeds with
-    the two-level bootstrap interval) and its paired Δ against the reference, as in the demo."""
+    """``summary.md``: :func:`summary_markdown` of every imbalance level's comparison, with the
+    gap deltas of the imbalanced language's cells."""
     from llmfair._atomic import write_text
-    from llmfair.demo import demo_table
 
-    lines = [f"# Speech-LLM sweep: {config.source}", "",
-             f"{finished} of {planned} runs finished. Intervals: {config.n_resamples} {config.unit}-bootstrap "
-             "replicates (rows and seeds resampled); Δ are paired against the reference on the same resampled "
-             f"{config.unit}s; * marks a Δ whose interval excludes 0.", ""]
+    lines = [f"# Speech-LLM sweep: {config.source}", "", f"{finished} of {planned} runs finished.", ""]
+    modalities = None
     for label, path in comparisons.items():
         comparison = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        lines += [f"## train imbalance: {label}", "", "```", demo_table(comparison), "```", ""]
+        if modalities is None:
+            modalities = sorted({k.split("/")[2] for name in comparison["paired"].values() for k in name
+                                 if k.startswith("gap/") and k.count("/") == 3 and not k.startswith("gap/all/")})
+        language = label.split("-")[0] if label != BALANCED else None
+        cells = [f"{language}/{m}" for m in modalities] if language else []
+        lines += [f"## train imbalance: {label}", "", summary_markdown(comparison, cells), ""]
     target = out / "summary.md"
     write_text(target, "\n".join(lines))
     return target
