@@ -216,4 +216,15 @@ def test_write_front_errors(tmp_path):
         write_front(frame, tmp_path, facet="imbalance")
     with pytest.raises(ConfigError, match="gap figure"):
         write_front(frame, tmp_path, gap="f1")
+    with pytest.raises(ConfigError, match="color_by='system' is not a column"):
+        write_front(frame, tmp_path, color_by="system")
     assert not (tmp_path / "front.csv").exists() and not (tmp_path / "front.png").exists()
+
+
+def test_write_front_colours_by_any_column(tmp_path):
+    rows = [_row(f"{name}-s{seed}", "minmaxgap" if name != "erm" else "erm", 0.5 + 0.01 * i, 0.1 + 0.01 * seed,
+                 system=name, seed=seed) for i, name in enumerate(["erm"] + [f"mmg{k}" for k in range(9)])
+            for seed in range(2)]
+    paths = write_front(front_frame(rows), tmp_path, color_by="system")
+    assert set(pd.read_csv(paths[0])["system"]) == {"erm", *(f"mmg{k}" for k in range(9))}
+    _check_png(paths[1])

@@ -264,15 +264,20 @@ def _interval_bars(values: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> t
     return ok, err
 
 
-def _render_front(frame, *, accuracy: str, gap: str, reference: str, facet: str | None, title: str | None) -> bytes:
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _render_front(frame, *, accuracy: str, gap: str, reference: str, facet: str | None, title: str | None,
+                  color_by: str = "objective") -> bytes:
     """The PNG of :func:`write_front` as bytes (rendered before anything is written)."""
     from llmfair.report.plots import RUN_COLORS, _new_figure
 
     facets = _facet_values(frame, facet)
-    objectives = list(dict.fromkeys(frame["objective"]))
+    objectives = list(dict.fromkeys(frame[color_by]))
     others = [o for o in objectives if o != reference]
     palette = [c for c in RUN_COLORS if c != REFERENCE_COLOR]
     colors = {o: palette[i % len(palette)] for i, o in enumerate(others)}
+    markers = {o: _MARKERS[(i // len(palette)) % len(_MARKERS)] for i, o in enumerate(others)}
     colors[reference] = REFERENCE_COLOR
     fig = _new_figure(1.8 + 4.2 * len(facets), 4.4)
     axes = fig.subplots(1, len(facets), squeeze=False, sharex=True, sharey=True)[0]
@@ -280,7 +285,7 @@ def _render_front(frame, *, accuracy: str, gap: str, reference: str, facet: str 
     for ax, value in zip(axes, facets):
         block = frame[_facet_rows(frame, facet, value)]
         for objective in objectives:
-            sel = block[block["objective"] == objective]
+            sel = block[block[color_by] == objective]
             if sel.empty:
                 continue
             x, y = sel[gap].to_numpy(dtype=np.float64), sel[accuracy].to_numpy(dtype=np.float64)
@@ -293,7 +298,7 @@ def _render_front(frame, *, accuracy: str, gap: str, reference: str, facet: str 
                 if ok.any():
                     ax.errorbar(x[ok], y[ok], **{f"{axis}err": err}, fmt="none", ecolor=color, elinewidth=0.8,
                                 capsize=2, alpha=0.6, zorder=2)
-            ax.scatter(x, y, s=110 if is_ref else 30, marker="*" if is_ref else "o", color=color,
+            ax.scatter(x, y, s=110 if is_ref else 30, marker="*" if is_ref else markers[objective], color=color,
                        edgecolor="white" if is_ref else "none", linewidths=0.5, zorder=4 if is_ref else 3,
                        label=label if label not in labelled else None)
             labelled.add(label)
@@ -311,7 +316,7 @@ def _render_front(frame, *, accuracy: str, gap: str, reference: str, facet: str 
         ax.grid(alpha=0.3)
         ax.set_axisbelow(True)
     axes[0].set_ylabel(f"{FIGURE_LABELS.get(accuracy, accuracy)} (bars: 95% interval)", fontsize=9)
-    fig.legend(loc="outside right upper", frameon=False, fontsize=8, title="objective", title_fontsize=9)
+    fig.legend(loc="outside right upper", frameon=False, fontsize=8, title=color_by, title_fontsize=9)
     fig.suptitle(title or f"Fairness–accuracy front: {FIGURE_LABELS.get(accuracy, accuracy)} against "
                           f"{FIGURE_LABELS.get(gap, gap)} (ringed: on the front)", fontsize=10, x=0.02, ha="left")
     buffer = io.BytesIO()
@@ -321,9 +326,12 @@ def _render_front(frame, *, accuracy: str, gap: str, reference: str, facet: str 
 
 def write_front(
     frame, out_dir: str | os.PathLike, *, accuracy: str = "weighted_f1", gap: str = "worst_cell_gap",
-    reference: str = "erm", facet: str | None = None, title: str | None = None,
+    reference: str = "erm", facet: str | None = None, title: str | None = None, color_by: str = "objective",
 ) -> list[Path]:
     """Write ``front.csv`` and ``front.png`` of a :func:`front_frame` table into ``out_dir``.
+
+    ``color_by`` is the column whose values get one colour (and marker) each, e.g. ``system``
+    (objective + options) for a sweep over option values; ``reference`` is one of its values.
 
     The ``pareto`` column is recomputed for the given ``accuracy``, ``gap`` and ``facet``, so the
     CSV and the plot always agree with the axes drawn. The PNG plots x = ``gap`` against y =
@@ -347,9 +355,12 @@ def write_front(
         raise ConfigError(f"front table lacks column(s) {missing}; build it with front_frame")
     frame = frame.drop(columns=["pareto"], errors="ignore").reset_index(drop=True)
     frame["pareto"] = _pareto_column(frame, accuracy, gap, facet)
-    if reference not in set(frame["objective"]):
-        logger.warning("front: no runs of the reference objective %r", reference)
-    png = _render_front(frame, accuracy=accuracy, gap=gap, reference=reference, facet=facet, title=title)
+    if color_by not in frame.columns:
+        raise ConfigError(f"front color_by={color_by!r} is not a column of the front table")
+    if reference not in set(frame[color_by]):
+        logger.warning("front: no runs of the reference %s %r", color_by, reference)
+    png = _render_front(frame, accuracy=accuracy, gap=gap, reference=reference, facet=facet, title=title,
+                        color_by=color_by)
     csv = frame.to_csv(index=False)
     out_dir = Path(out_dir)
     paths = [out_dir / "front.csv", out_dir / "front.png"]

@@ -305,6 +305,18 @@ def is_finished(out: str | os.PathLike, run: SpeechRun) -> bool:
     return (folder / "manifest.json").is_file() and (folder / f"predictions_{_predict_split(run)}.csv").is_file()
 
 
+def _resolved(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A planned recipe resolved again with today's defaults, so an option added to an objective
+    since the plan was written (at its default) does not count as a change."""
+    try:
+        config = RunConfig.from_mapping(copy.deepcopy(dict(recipe)), source="sweep plan")
+    except ConfigError:
+        return dict(recipe)  # no longer valid: it differs from any valid plan
+    out = config.to_dict()
+    out["objective"]["options"] = config.objective.resolved_options()
+    return out
+
+
 def _check_plan(config: SpeechSweepConfig, runs: Sequence[SpeechRun], out: Path, *, extend: bool = False) -> None:
     """Write the plan, or refuse one that differs from the plan already in ``out``.
 
@@ -318,7 +330,7 @@ def _check_plan(config: SpeechSweepConfig, runs: Sequence[SpeechRun], out: Path,
             old = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"{path} is not a sweep plan ({exc}); use another --out") from None
-        old_runs = old.get("runs", {})
+        old_runs = {run_id: _resolved(recipe) for run_id, recipe in old.get("runs", {}).items()}
         for run_id, recipe in plan["runs"].items():
             if run_id in old_runs and old_runs[run_id] != recipe:
                 changed = sorted(k for k in set(recipe) | set(old_runs[run_id])
@@ -426,7 +438,7 @@ def collect_results(config: SpeechSweepConfig, out: str | os.PathLike, *, seed: 
     frame = front_frame(rows, facet="imbalance")
     paths: dict[str, Any] = {"missing": missing}
     paths["front"] = write_front(
-        frame, out, reference=config.reference, facet="imbalance",
+        frame, out, reference=config.reference, facet="imbalance", color_by="system",
         title=f"Fairness–accuracy front per train imbalance (one point per run; bars: {config.n_resamples} "
               f"{config.unit}-bootstrap replicates; ringed: on the front)")
     if comparisons:
