@@ -60,7 +60,7 @@ def test_erm_is_the_mean() -> None:
 def test_hard_max_value_and_gradient(seed: int) -> None:
     spec = make_spec()
     ids, theta = batch(spec, seed)
-    obj = build_objective("minmaxgap", spec, {"weight": "fixed", "lambda_init": 0.7, "missing": "skip"})
+    obj = build_objective("minmaxgap", spec, {"weight": "fixed", "lambda_init": 0.7, "missing": "skip", "side": "both"})
     out = obj(ObjectiveInputs(per_sample(theta), ids))
     (g_obj,) = torch.autograd.grad(out.loss, theta)
 
@@ -81,7 +81,7 @@ def test_worse_side_only_lowers_the_disadvantaged_gender(reduction: str) -> None
     spec = make_spec()
     ids, theta = batch(spec, 4, n=40)
     options = {"weight": "fixed", "lambda_init": 0.7, "missing": "skip", "reduction": reduction, "temperature": 0.2}
-    both = build_objective("minmaxgap", spec, options)(ObjectiveInputs(per_sample(theta), ids))
+    both = build_objective("minmaxgap", spec, {**options, "side": "both"})(ObjectiveInputs(per_sample(theta), ids))
     worse = build_objective("minmaxgap", spec, {**options, "side": "worse"})(ObjectiveInputs(per_sample(theta), ids))
     assert worse.figures == both.figures and float(worse.loss) == pytest.approx(float(both.loss))
     (g_obj,) = torch.autograd.grad(worse.loss, theta)
@@ -107,7 +107,8 @@ def test_worse_side_only_lowers_the_disadvantaged_gender(reduction: str) -> None
 def test_lse_gradient_matches_explicit_logsumexp() -> None:
     spec = make_spec()
     ids, theta = batch(spec, 5, n=40)
-    obj = build_objective("minmaxgap", spec, {"weight": "fixed", "reduction": "lse", "temperature": 0.2, "missing": "skip"})
+    obj = build_objective("minmaxgap", spec, {"weight": "fixed", "reduction": "lse", "temperature": 0.2, "missing": "skip",
+                                              "side": "both"})
     out = obj(ObjectiveInputs(per_sample(theta), ids))
     (g_obj,) = torch.autograd.grad(out.loss, theta)
     loss = per_sample(theta)
@@ -226,7 +227,8 @@ def _rank_worker(rank: int, world: int, port: int, options: dict, out_dir: str) 
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("options", [{"weight": "ratio"}, {"weight": "fixed", "reduction": "lse"}])
+@pytest.mark.parametrize("options", [{"weight": "ratio", "side": "both"}, {"weight": "fixed", "reduction": "lse"},
+                                     {"weight": "fixed", "side": "worse"}])
 def test_two_ranks_give_the_single_process_gradient(tmp_path, options: dict) -> None:
     mp.spawn(_rank_worker, args=(2, _free_port(), options, str(tmp_path)), nprocs=2, join=True)
     dist = torch.load(tmp_path / "dist.pt", weights_only=True)

@@ -15,9 +15,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.test_minmaxgap_effect import _train  # noqa: E402  (the test's data and head)
 
-SETTINGS = [("erm", {}), ("minmaxgap", {"weight": "fixed"}), ("minmaxgap", {"weight": "ratio"}),
-            ("minmaxgap", {"weight": "dual"}), ("minmaxgap", {"weight": "fixed", "side": "worse"}),
-            ("minmaxgap", {"weight": "ratio", "side": "worse"}), ("minmaxgap", {"weight": "dual", "side": "worse"})]
+SETTINGS = [("erm", {})] + [("minmaxgap", {"side": side, "weight": weight})
+                             for side in ("both", "worse") for weight in ("fixed", "ratio", "dual")]
 
 
 def main() -> None:

@@ -11,12 +11,18 @@ llmfair implements METHODS.md §2.16:
 - R = max_k GAP_k (``reduction="hard"``) or T·log Σ_k exp(GAP_k / T) (``reduction="lse"``);
 - L = L_ERM + λ_t · R with λ_t ``fixed`` (λ0), ``ratio`` (λ0 · sg(R / L_ERM): fairness pressure
   tied to the relative size of the gap) or ``dual`` (λ ← max(0, λ + η (R − τ)) after every step).
-- ``side``: which way the penalty's gradient pushes. ``both`` (the gap as written, the default):
-  the disadvantaged gender's loss is pushed down *and* the advantaged gender's loss is pushed up;
+- ``side``: which way the penalty's gradient pushes. ``both`` (the gap as written): the
+  disadvantaged gender's loss is pushed down *and* the advantaged gender's loss is pushed up;
   ``worse``: the advantaged gender's mean is treated as a constant (stop-gradient), so the term
   only lowers the disadvantaged gender's loss in the worst cell(s) — a DRO-like step that never
-  trades one group's accuracy for the gap. The value of R, λ and every logged figure are the
-  same for both; llmfair's own variant, not from the paper (docs/minmaxgap.md measures both).
+  pushes a group's loss up. The value of R, λ and every logged figure are the same for both;
+  llmfair's own variant, not from the paper.
+
+Defaults (``weight: fixed``, ``side: worse``, ``reduction: hard``, λ0 = 1) are the setting with
+the smallest worst-cell gap among those that never cost resolved weighted F1 in the sweep of
+docs/minmaxgap.md. That sweep found **no** setting that shrinks the gap beyond its paired interval
+against ERM on the built-in corpus; two-sided ``dual`` collapses the tiny model to uniform
+predictions there.
 
 A cell whose batch lacks one gender: with ``missing="running"`` (default) that gender's mean is an
 exponential running estimate from earlier batches (no gradient flows to it; the present side
@@ -50,15 +56,16 @@ class MinMaxGapOptions:
     cell_keys: str = field(default="language,modality", metadata={"help": "group attributes that define a cell, comma-separated"})
     reduction: str = field(default="hard", metadata={"help": "hard (max over cells) or lse (smooth log-sum-exp max)"})
     temperature: float = field(default=0.05, metadata={"help": "T of the lse reduction"})
-    weight: str = field(default="ratio", metadata={"help": "adaptive weight: fixed, ratio (λ0·R/L_ERM) or dual (λ += η(R−τ))"})
+    weight: str = field(default="fixed", metadata={"help": "weight rule: fixed (λ0), ratio (λ0·R/L_ERM) or dual (λ += η(R−τ)); "
+                                                         "default from docs/minmaxgap.md"})
     lambda_init: float = field(default=1.0, metadata={"help": "λ0: the fixed weight, the ratio scale, or the dual start"})
     dual_lr: float = field(default=0.5, metadata={"help": "η of the dual update"})
     dual_target: float = field(default=0.0, metadata={"help": "τ: the gap the dual update tolerates"})
     lambda_max: float = field(default=10.0, metadata={"help": "upper bound on λ for every weight rule"})
     missing: str = field(default="running", metadata={"help": "a cell missing a gender in a batch: running (estimate) or skip"})
     momentum: float = field(default=0.9, metadata={"help": "momentum of the running per-cell, per-gender loss estimates"})
-    side: str = field(default="both", metadata={"help": "both: the gap's gradient lowers the worse gender's loss and "
-                                                        "raises the better one's; worse: only lowers the worse one's"})
+    side: str = field(default="worse", metadata={"help": "worse: the term only lowers the worse-off gender's loss; both: "
+                                                         "the gap as written (also raises the better-off one's)"})
 
     def __post_init__(self) -> None:
         choices = {"reduction": ("hard", "lse"), "weight": ("fixed", "ratio", "dual"), "missing": ("running", "skip"),

@@ -58,7 +58,10 @@ def _model_card(config: RunConfig, manifest: dict[str, Any], summary: dict[str, 
     if name == "minmaxgap":
         lines += ["ERM-MinMaxGAP (Pang, Gao, Kawahara & Chen, arXiv 2603.21050). **Reconstruction**: the paper's "
                   "method section is not available; llmfair implements ERM + λ_t · max over (language × modality) "
-                  "cells of |mean loss(male) − mean loss(female)| with an adaptive weight (llmfair METHODS §2.16).", ""]
+                  "cells of |mean loss(male) − mean loss(female)| with the weight rule and side in the options "
+                  "below (llmfair METHODS §2.16). llmfair's sweep on its built-in corpus found no setting that "
+                  "shrinks the gap beyond its paired interval against ERM (docs/minmaxgap.md): compare this "
+                  "adapter with an ERM run on your data (`llmfair benchmark`) before claiming a reduction.", ""]
     elif reconstructed:
         lines += [f"`{name}` is a **reconstruction**: its source does not define it fully.", ""]
     else:
