@@ -38,17 +38,18 @@ from llmfair._atomic import atomic_path, write_json
 from llmfair.data.example import Example
 from llmfair.data.labels import MELD
 from llmfair.errors import ConfigError
-from llmfair.training.selection import SelectionOptions, meets_bound, select_evaluation
+from llmfair.training.selection import (
+    SPEECH_GAP_FIGURES as GAP_FIGURES,
+    SelectionOptions,
+    meets_bound,
+    select_evaluation,
+)
 
 logger = logging.getLogger(__name__)
 
 SELECTION_DIR = "selection"
 HISTORY_FILE = "history.json"
 BEST_FILE = "best.safetensors"
-SCORE_FIGURES: tuple[str, ...] = ("weighted_f1", "macro_f1", "accuracy")
-"""Dev figures a rule may maximise (``selection.metric``)."""
-GAP_FIGURES: tuple[str, ...] = ("worst_cell_gap", "f1_gap_rms", "tpr_gap_rms", "fpr_gap_rms", "dp_gap_rms")
-"""Dev gaps a rule may bound or minimise (``selection.gap``); see ``fairness_summary``."""
 _ROLLBACK = re.compile(r"^best-(\d+)\.safetensors$")
 
 

@@ -180,7 +180,8 @@ class RunConfig:
 
 def _selection_options(values: Any, source: str):
     """``selection`` validated as SelectionOptions whose figures the speech-LLM dev evaluation computes."""
-    from llmfair.speechllm.selection import GAP_FIGURES, SCORE_FIGURES
+    from llmfair.training.selection import SPEECH_GAP_FIGURES as GAP_FIGURES
+    from llmfair.training.selection import SPEECH_SCORE_FIGURES as SCORE_FIGURES
     from llmfair.training.selection import SelectionOptions
 
     where = f"{source} [{SELECTION_SECTION}]"

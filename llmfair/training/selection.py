@@ -24,6 +24,10 @@ from typing import Any, Mapping, Sequence
 from llmfair.errors import ConfigError
 
 CRITERIA: tuple[str, ...] = ("last", "dev_loss", "metric", "min_gap", "constrained")
+SPEECH_SCORE_FIGURES: tuple[str, ...] = ("weighted_f1", "macro_f1", "accuracy")
+"""Dev figures a speech-LLM rule may maximise (``selection.metric``; llmfair.speechllm.selection)."""
+SPEECH_GAP_FIGURES: tuple[str, ...] = ("worst_cell_gap", "f1_gap_rms", "tpr_gap_rms", "fpr_gap_rms", "dp_gap_rms")
+"""Dev gaps a speech-LLM rule may bound or minimise (``selection.gap``; see ``fairness_summary``)."""
 
 
 @dataclass
