@@ -192,7 +192,7 @@ class SpeechRun:
 
 
 def _slug(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ""))
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in str(text)).strip("_") or "x"
 
 
