@@ -28,12 +28,7 @@ from llmfair.groups import (
 from llmfair.objectives import ObjectiveInputs, TrainingStats, build_objective
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,7 @@ SPEC, _ = GroupSpec.from_records([{"gender": g} for g in ("female", "male", "unk
 FEMALE, MALE, UNKNOWN = (SPEC.groups.index((g,)) for g in ("female", "male", "unknown"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------- builders

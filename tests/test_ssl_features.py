@@ -32,12 +32,7 @@ from llmfair.ssl import (
 SR = 16_000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def harmonic_tone(f0: float, seconds: float = 1.0, seed: int = 0) -> np.ndarray:

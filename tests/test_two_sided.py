@@ -39,12 +39,7 @@ NO_FAIRNESS = {"class_balanced": False, "adversary_strength": 0.0, "lambda_rater
 """two_sided with every fairness term off: 0.5·CE(C(z_R)) + 0.5·CE(C(z_S)), the same network as ERM."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def example(i: int, gender: str, ratings: list[tuple[str, str, int]], emotion: int = 0) -> Example:

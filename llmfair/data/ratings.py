@@ -28,16 +28,14 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from llmfair.data.example import Example
+from llmfair.data.grouping import GroupSpec
 from llmfair.data.labels import GENDERS
 from llmfair.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # the group contract lives with the objectives; imported lazily at run time
-    from llmfair.objectives.base import GroupSpec
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +96,6 @@ def gender_codes(values: np.ndarray, what: str = "gender") -> np.ndarray:
 def rater_group_spec() -> "GroupSpec":
     """GroupSpec with keys (``gender``, ``rater_gender``) and the 9 combinations of GENDERS; group id
     = 3 · index(speaker gender) + index(rater gender)."""
-    from llmfair.objectives.base import GroupSpec
-
     return GroupSpec(RATER_GROUP_KEYS, tuple(itertools.product(GENDERS, GENDERS)))
 
 

@@ -58,7 +58,7 @@ import numpy as np
 from llmfair._atomic import atomic_path, write_json
 from llmfair.data.example import Example
 from llmfair.errors import ConfigError, DataError
-from llmfair.objectives.base import GroupSpec
+from llmfair.data.grouping import GroupSpec
 
 logger = logging.getLogger(__name__)
 

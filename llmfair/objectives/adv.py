@@ -70,6 +70,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmfair.errors import ConfigError, DataError
+from llmfair.objectives._adversary import Adversary, gradient_reversal
+from llmfair.objectives._groups import gender_codes
 from llmfair.objectives.base import (
     CrossRankReducer,
     GroupSpec,
@@ -79,26 +81,12 @@ from llmfair.objectives.base import (
     register_objective,
 )
 
-_GENDER_CODE = {"female": 0, "male": 1}
+__all__ = [
+    "AdvOptions", "Adversarial", "Adversary", "MAdvOptions", "MultiAdversarial", "difference_loss", "gradient_reversal",
+]
 
 
 # ------------------------------------------------------------------------------------- building blocks
-class _GradientReversal(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, strength: float) -> torch.Tensor:
-        ctx.strength = strength
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.strength * grad, None
-
-
-def gradient_reversal(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-    """GRL (Ganin & Lempitsky 2015): the identity forward; the gradient times −``strength`` backward."""
-    return _GradientReversal.apply(x, float(strength))
-
-
 def difference_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """``mean((D̂1 D̂2ᵀ)²)`` over all row pairs, rows L2-normalised with detached norms (+1e-6).
 
@@ -110,26 +98,6 @@ def difference_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     a = a / (a.norm(dim=1, keepdim=True).detach() + 1e-6)
     b = b / (b.norm(dim=1, keepdim=True).detach() + 1e-6)
     return (a @ b.T).pow(2).mean()
-
-
-class Adversary(nn.Module):
-    """fairlib's sub-discriminator: ``hidden_layers`` × (Linear → ReLU) of ``hidden_size``, then a
-    linear output to ``num_targets``; the first layer's input size is read from the first batch."""
-
-    def __init__(self, num_targets: int, hidden_size: int = 300, hidden_layers: int = 2) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for i in range(hidden_layers):
-            layers += [nn.LazyLinear(hidden_size) if i == 0 else nn.Linear(hidden_size, hidden_size), nn.ReLU()]
-        self.hidden_layers = nn.Sequential(*layers)
-        self.output = nn.Linear(hidden_size, num_targets) if hidden_layers else nn.LazyLinear(num_targets)
-
-    def hidden(self, h: torch.Tensor) -> torch.Tensor:
-        """The activations before the output layer (h itself without hidden layers)."""
-        return self.hidden_layers(h)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.output(self.hidden(h))
 
 
 # ------------------------------------------------------------------------------------- options
@@ -194,7 +162,7 @@ class Adversarial(Objective):
             if "gender" not in group_spec.keys:
                 raise ConfigError(f"{self.name or 'adv'}: target 'gender' needs a 'gender' group attribute (groups have "
                                   f"{list(group_spec.keys)}); use target 'group' for inferred groups")
-            codes = [_GENDER_CODE.get(str(g), -1) for g in group_spec.column("gender")]
+            codes = gender_codes(group_spec.column("gender"))
             num_targets = 2
         else:
             codes = list(range(group_spec.num_groups))

@@ -1,4 +1,4 @@
-"""The objective contract, groups and the registry.
+"""The objective contract and the registry.
 
 An objective receives a batch's per-sample losses (plus logits, labels, pooled features and group
 ids), keeps its own state (running estimates, dual variables, auxiliary heads) and returns the
@@ -8,61 +8,28 @@ and on the frozen-feature head.
 Data-parallel contract: ``loss`` is scaled so that, after DDP *averages* gradients over ``W``
 ranks, the gradient equals that of the objective on the concatenated global batch. Statistics that
 span samples (counts, per-cell means, the max-gap cell) are all-reduced across ranks before use.
+
+:class:`GroupSpec` and :class:`TrainingStats` live in :mod:`llmfair.data.grouping`, where every
+stage may use them; they are re-exported here and from :mod:`llmfair.objectives`. The registry is
+the toolkit's one :class:`llmfair._registry.Registry` implementation.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
+from llmfair._registry import Registry
+from llmfair.data.grouping import GroupSpec, TrainingStats
 from llmfair.errors import ConfigError
 
-
-# ------------------------------------------------------------------------------------- groups
-@dataclass(frozen=True)
-class GroupSpec:
-    """Maps integer group ids to attributes, e.g. id 3 → {language: deu, modality: audio, gender: male}.
-
-    Objectives read only the attributes they need: gender-only methods look at ``gender``,
-    MinMaxGAP at (language, modality) cells and ``gender``.
-    """
-
-    keys: tuple[str, ...]
-    groups: tuple[tuple[str, ...], ...]
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.groups)
-
-    def column(self, key: str) -> np.ndarray:
-        if key not in self.keys:
-            raise ConfigError(f"group attribute {key!r} is not in this GroupSpec (it has {list(self.keys)})")
-        i = self.keys.index(key)
-        return np.array([g[i] for g in self.groups], dtype=object)
-
-    def describe(self, group_id: int) -> str:
-        return "/".join(self.groups[group_id])
-
-    @classmethod
-    def from_records(cls, records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple["GroupSpec", np.ndarray]:
-        """Group every record by ``keys``; returns the spec and an int64 group id per record.
-
-        Ids follow the sorted order of the attribute tuples, so they do not depend on record order.
-        """
-        keys = tuple(keys)
-        if not records:
-            raise ConfigError("cannot build groups from an empty dataset")
-        missing = [k for k in keys if k not in records[0]]
-        if missing:
-            raise ConfigError(f"group keys {missing} are not fields of the examples (have {sorted(records[0])})")
-        tuples = [tuple(str(r[k]) for k in keys) for r in records]
-        groups = tuple(sorted(set(tuples)))
-        index = {g: i for i, g in enumerate(groups)}
-        return cls(keys, groups), np.fromiter((index[t] for t in tuples), dtype=np.int64, count=len(tuples))
+__all__ = [
+    "OBJECTIVES", "CrossRankReducer", "GroupSpec", "Objective", "ObjectiveInputs", "ObjectiveOptions",
+    "ObjectiveOutput", "TrainingStats", "available_objectives", "build_objective", "register_objective",
+]
 
 
 # ------------------------------------------------------------------------------------- data-parallel
@@ -109,39 +76,6 @@ class ObjectiveInputs:
     features: torch.Tensor | None = None
     sample_index: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
-
-
-@dataclass
-class TrainingStats:
-    """Training-set counts an objective may need (RW's n_c/n_{c,g}, GADRO's n_g, LfF's set size).
-
-    Attributes:
-        group_counts: (G,) examples per group id.
-        class_group_counts: (K, G) examples per (single-label class, group id); rows without a
-            single label are not counted.
-        num_examples: training-set size (dataset indices run from 0 to num_examples - 1).
-        num_classes: K.
-        soft_group_counts: (G,) summed group probabilities when groups are soft (PGDRO), else None.
-    """
-
-    group_counts: np.ndarray
-    class_group_counts: np.ndarray
-    num_examples: int
-    num_classes: int
-    soft_group_counts: np.ndarray | None = None
-
-    @classmethod
-    def from_arrays(cls, group_ids: np.ndarray, classes: np.ndarray, num_groups: int, num_classes: int) -> "TrainingStats":
-        group_ids = np.asarray(group_ids, dtype=np.int64)
-        classes = np.asarray(classes, dtype=np.int64)
-        has_class = classes >= 0
-        flat = classes[has_class] * num_groups + group_ids[has_class]
-        return cls(
-            group_counts=np.bincount(group_ids, minlength=num_groups),
-            class_group_counts=np.bincount(flat, minlength=num_classes * num_groups).reshape(num_classes, num_groups),
-            num_examples=len(group_ids),
-            num_classes=num_classes,
-        )
 
 
 @dataclass
@@ -198,20 +132,23 @@ class Objective(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- registry
-OBJECTIVES: dict[str, type[Objective]] = {}
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+"""The registered objectives by name (a read-only mapping; :func:`register_objective` adds to it)."""
+
+
+def _set_name(name: str, cls: type[Objective]) -> None:
+    cls.name = name
 
 
 def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
     """Class decorator: register an objective under ``name`` (duplicates rejected)."""
+    return OBJECTIVES.decorator(name, on_register=_set_name)
 
-    def wrap(cls: type[Objective]) -> type[Objective]:
-        if name in OBJECTIVES:
-            raise ConfigError(f"objective {name!r} is registered twice ({OBJECTIVES[name].__name__}, {cls.__name__})")
-        cls.name = name
-        OBJECTIVES[name] = cls
-        return cls
 
-    return wrap
+def available_objectives() -> list[str]:
+    """The registered objective names, sorted (every method module of :mod:`llmfair.objectives` is
+    imported, so registered, when that package is)."""
+    return OBJECTIVES.names()
 
 
 def build_objective(
@@ -224,9 +161,7 @@ def build_objective(
     """Instantiate a registered objective; unknown names and unknown option keys are named."""
     from llmfair.options import dataclass_from_mapping
 
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")
-    cls = OBJECTIVES[name]
+    cls = OBJECTIVES.lookup(name)
     if options is None or isinstance(options, Mapping):
         options = dataclass_from_mapping(cls.options_class, dict(options or {}), source=source)
     elif not dataclasses.is_dataclass(options):

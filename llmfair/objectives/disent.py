@@ -10,7 +10,8 @@ predictor) and C_b (the bias classifier). Per step (METHODS.md §2.8;
 
 - stop-gradients keep the parts apart: C_i sees ``[z_i; sg(z_b)]``, C_b sees ``[sg(z_i); z_b]``;
 - per-sample EMAs (α = 0.7) of both classifiers' CE, class-wise max normalisation and
-  ``W = ê_b / (ê_b + ê_i + 1e-8)``, exactly as in LfF (:mod:`llmfair.objectives.lff`);
+  ``W = ê_b / (ê_b + ê_i + 1e-8)``, exactly as in LfF (:mod:`llmfair.objectives.lff`; the shared
+  pieces are :mod:`llmfair.objectives._bias_model`);
 - ``L_dis = mean(W · CE(C_i([z_i; sg z_b]), y)) + λ_dis · mean(GCE_q(C_b([sg z_i; z_b]), y))``;
 - once ``swap_after_steps`` training steps are done, a random permutation π of the batch gives
   ``z̃_b = z_b[π]``, ``ỹ = y[π]`` and
@@ -54,23 +55,22 @@ import torch
 from torch import nn
 
 from llmfair.errors import ConfigError, DataError
-from llmfair.objectives.base import (
-    CrossRankReducer,
-    GroupSpec,
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    TrainingStats,
-    register_objective,
-)
-from llmfair.objectives.lff import (
+from llmfair.objectives._bias_model import (
     WEIGHT_EPS,
     LazyLayerMLP,
     PerSampleLossEMA,
     auxiliary_input,
     generalized_cross_entropy,
-    majority_class,
-    require_batch_fields,
+)
+from llmfair.objectives._groups import majority_class
+from llmfair.objectives._state import SizedBySetup, require_batch_fields
+from llmfair.objectives.base import (
+    CrossRankReducer,
+    GroupSpec,
+    ObjectiveInputs,
+    ObjectiveOutput,
+    TrainingStats,
+    register_objective,
 )
 from llmfair.ssl.losses import soft_cross_entropy
 
@@ -127,7 +127,7 @@ def class_balanced_weights_from_counts(class_counts: Any, num_examples: int) -> 
 
 
 @register_objective("disent")
-class DisEnt(Objective):
+class DisEnt(SizedBySetup):
     """Disentangled feature augmentation: W-weighted intrinsic classifier C_i on [z_i; sg z_b], GCE
     bias classifier C_b on [sg z_i; z_b], and swapped bias features after ``swap_after_steps``.
 
@@ -140,11 +140,12 @@ class DisEnt(Objective):
     """
 
     options_class = DisEntOptions
+    setup_builds = "its encoder, classifiers and per-sample EMA are built there"
+    setup_state_prefixes = ("ema.", "bias_encoder.", "intrinsic_classifier.")
 
     def __init__(self, group_spec: GroupSpec, options: DisEntOptions | None = None,
                  reducer: CrossRankReducer | None = None) -> None:
         super().__init__(group_spec, options, reducer)
-        self.num_classes: int | None = None
         self.ema: PerSampleLossEMA | None = None
         self.bias_encoder: LazyLayerMLP | None = None
         self.intrinsic_classifier: nn.Module | None = None
@@ -152,20 +153,10 @@ class DisEnt(Objective):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("class_weights", None)
 
-    def setup(self, stats: TrainingStats) -> None:
-        """Size the EMAs, build E_b, C_i and C_b for K classes and the class-balanced weights.
-
-        Idempotent for the same N and K; ConfigError when called again with other sizes.
-        """
-        super().setup(stats)
-        if self.ema is not None:
-            if (self.ema.num_examples, self.num_classes) != (stats.num_examples, stats.num_classes):
-                raise ConfigError(f"disent was set up for {self.ema.num_examples} examples and {self.num_classes} "
-                                  f"classes; setup() again with {stats.num_examples} and {stats.num_classes}")
-            return
-        device = self.steps_done.device
+    def build(self, stats: TrainingStats, device: torch.device) -> None:
+        """Size the EMAs, build E_b, C_i and C_b for K classes and the class-balanced weights
+        (:meth:`setup` calls this once; a second setup with the same N and K changes nothing)."""
         opts = self.options
-        self.num_classes = int(stats.num_classes)
         self.ema = PerSampleLossEMA(2, int(stats.num_examples), opts.ema_alpha).to(device)
         self.bias_encoder = LazyLayerMLP((opts.bias_hidden, opts.bias_dim), activation=True,
                                          output_norm=opts.bias_norm).to(device)
@@ -176,11 +167,6 @@ class DisEnt(Objective):
             self.register_buffer("class_weights",
                                  class_balanced_weights_from_counts(counts, stats.num_examples).to(device))
 
-    def _require_setup(self) -> None:
-        if self.ema is None:
-            raise ConfigError("disent: call setup(TrainingStats) before training or predicting (its encoder, "
-                              "classifiers and per-sample EMA are built there)")
-
     @property
     def swap_active(self) -> bool:
         """Whether the feature swap is on (``swap_after_steps`` training steps are done)."""
@@ -188,7 +174,7 @@ class DisEnt(Objective):
 
     def bias_features(self, inputs: torch.Tensor | None, features: torch.Tensor | None) -> torch.Tensor:
         """z_b = E_b(frozen inputs), or E_b(sg features) when the model returns no inputs."""
-        self._require_setup()
+        self.require_setup()
         return self.bias_encoder(auxiliary_input(inputs, features, "disent"))
 
     def permutation(self, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -209,7 +195,7 @@ class DisEnt(Objective):
         ``swap_ce_intrinsic`` = CE(C_i([z_i; sg z_b[π]]), y), ``swap_gce_bias`` =
         GCE(C_b([sg z_i; z_b[π]]), y[π]) and ``permutation`` π.
         """
-        self._require_setup()
+        self.require_setup()
         require_batch_fields(inputs, "disent", ("labels", "sample_index", "features"))
         z_i = inputs.features
         labels = inputs.labels.to(z_i.device)
@@ -262,16 +248,9 @@ class DisEnt(Objective):
     def predict_logits(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """C_i([z_i; z_b]): z_i = ``outputs["features"]``, z_b = E_b(``outputs["inputs"]``) (or of the
         detached features when the model returns no inputs, as in training). Shape (B, K)."""
-        self._require_setup()
+        self.require_setup()
         features = outputs.get("features")
         if features is None:
             raise DataError("disent predicts from the model's 'features' (z_i); the model returned none")
         z_b = self.bias_features(outputs.get("inputs"), features).to(features.dtype)
         return self.intrinsic_classifier(torch.cat([features, z_b], dim=1))
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """As ``nn.Module.load_state_dict``; a clear error when :meth:`setup` has not built the state."""
-        if self.ema is None and any(k.startswith(("ema.", "bias_encoder.", "intrinsic_classifier.")) for k in state_dict):
-            raise ConfigError("disent: call setup(TrainingStats) before loading its state (encoder, classifiers "
-                              "and EMA buffers are built there)")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)

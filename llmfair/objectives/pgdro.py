@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from llmfair.errors import ConfigError, DataError
+from llmfair.objectives._dro import ExponentiatedGroupWeights, GroupDROOptions
+from llmfair.objectives._state import adopt_buffer_shapes
 from llmfair.objectives.base import (
     CrossRankReducer,
     GroupSpec,
@@ -43,7 +45,6 @@ from llmfair.objectives.base import (
     TrainingStats,
     register_objective,
 )
-from llmfair.objectives.gdro import ExponentiatedGroupWeights, GroupDROOptions, adopt_buffer_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class PGDRO(ExponentiatedGroupWeights):
         adopt_buffer_shapes(self, state_dict, prefix, ("group_probs", "train_classes"))
         key = prefix + "group_probs"
         if key in state_dict and state_dict[key].ndim == 2 and state_dict[key].shape[1]:
-            self._set_attribute_names(None, int(state_dict[key].shape[1]))
+            if len(self.attribute_names) != int(state_dict[key].shape[1]):  # keep names given before loading
+                self._set_attribute_names(None, int(state_dict[key].shape[1]))
             if self.options.groups == "class_gender" and prefix + "adv_probs" in state_dict:
                 self.num_classes = state_dict[prefix + "adv_probs"].numel() // int(state_dict[key].shape[1])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

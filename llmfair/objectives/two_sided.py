@@ -108,11 +108,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmfair.errors import ConfigError, DataError
-from llmfair.objectives.adv import Adversary, gradient_reversal
+from llmfair.objectives._adversary import Adversary, gradient_reversal
+from llmfair.objectives._groups import gender_codes
+from llmfair.objectives._state import SizedBySetup
 from llmfair.objectives.base import (
     CrossRankReducer,
     GroupSpec,
-    Objective,
     ObjectiveInputs,
     ObjectiveOutput,
     TrainingStats,
@@ -120,7 +121,6 @@ from llmfair.objectives.base import (
 )
 from llmfair.ssl.losses import soft_cross_entropy
 
-_GENDER_CODE = {"female": 0, "male": 1}
 WASSERSTEIN_METHODS = ("per_dim", "sliced")
 ALPHA_MAPS = ("sigmoid", "minmax", "fixed")
 PREDICT_FROM = ("speaker", "rater")
@@ -296,7 +296,7 @@ class TwoSidedOptions:
 
 # ------------------------------------------------------------------------------------- objective
 @register_objective("two_sided")
-class TwoSided(Objective):
+class TwoSided(SizedBySetup):
     """``L = rater_weight · L_RAT + α · L_SPK`` per batch (Chien, Upadhyay & Lee 2024, Eq. 3;
     RECONSTRUCTED where the paper is silent — see the module docstring).
 
@@ -311,6 +311,8 @@ class TwoSided(Objective):
 
     options_class = TwoSidedOptions
     reconstructed = True
+    setup_builds = "the shared emotion classifier and class weights are built there"
+    setup_state_prefixes = ("classifier.",)
 
     def __init__(self, group_spec: GroupSpec, options: TwoSidedOptions | None = None,
                  reducer: CrossRankReducer | None = None) -> None:
@@ -323,7 +325,7 @@ class TwoSided(Objective):
                     f"two_sided needs the group attribute {key!r} ({side} gender); the GroupSpec has "
                     f"{list(group_spec.keys)}. Build per-rater rows with llmfair.data.ratings.expand_ratings(...) "
                     "and their groups with .group_ids()")
-            codes[side] = [_GENDER_CODE.get(str(g), -1) for g in group_spec.column(key)]
+            codes[side] = gender_codes(group_spec.column(key))
         self.register_buffer("speaker_of_group", torch.tensor(codes["speaker"], dtype=torch.long), persistent=False)
         self.register_buffer("rater_of_group", torch.tensor(codes["rater"], dtype=torch.long), persistent=False)
         self.num_classes: int | None = None
@@ -337,32 +339,16 @@ class TwoSided(Objective):
         # running statistics of D_W: count, EMA of D_W and of D_W², min, max
         self.register_buffer("dw_stats", torch.tensor([0.0, 0.0, 0.0, math.inf, -math.inf], dtype=torch.float64))
 
-    def setup(self, stats: TrainingStats) -> None:
-        """Build the shared K-way classifier and the class-balanced weights (idempotent for one K)."""
-        super().setup(stats)
-        if self.classifier is not None:
-            if self.num_classes != int(stats.num_classes):
-                raise ConfigError(f"two_sided was set up for {self.num_classes} classes; setup() again with "
-                                  f"{stats.num_classes}")
-            return
-        device = self.dw_stats.device
-        self.num_classes = int(stats.num_classes)
+    def setup_sizes(self, stats: TrainingStats) -> dict[str, int]:
+        """The classifier depends on K only (setup again with the same K changes nothing)."""
+        return {"classes": int(stats.num_classes)}
+
+    def build(self, stats: TrainingStats, device: torch.device) -> None:
+        """Build the shared K-way classifier and the class-balanced weights (once, from :meth:`setup`)."""
         self.classifier = nn.Linear(self.options.branch_dim, self.num_classes).to(device)
         if self.options.class_balanced:
             counts = np.asarray(stats.class_group_counts).sum(axis=1)
             self.class_weights = present_class_weights(counts, stats.num_examples).to(device)
-
-    def _require_setup(self) -> None:
-        if self.classifier is None:
-            raise ConfigError("two_sided: call setup(TrainingStats) before training or predicting (the shared "
-                              "emotion classifier and class weights are built there)")
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """As ``nn.Module.load_state_dict``; a clear error when :meth:`setup` has not built the classifier."""
-        if self.classifier is None and any(k.startswith("classifier.") for k in state_dict):
-            raise ConfigError("two_sided: call setup(TrainingStats) before loading its state (the classifier is "
-                              "built there)")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ pieces
     def embeddings(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,7 +359,7 @@ class TwoSided(Objective):
 
     def predict_logits(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the two-sided model: C(z_S) (``predict_from="speaker"``, default) or C(z_R)."""
-        self._require_setup()
+        self.require_setup()
         features = outputs.get("features")
         if features is None:
             raise DataError("two_sided predicts from the model's 'features'; the model returned none")
@@ -425,7 +411,7 @@ class TwoSided(Objective):
 
     # ------------------------------------------------------------------ loss
     def forward(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
-        self._require_setup()
+        self.require_setup()
         if inputs.features is None or inputs.labels is None:
             raise DataError("two_sided needs the model's 'features' and the batch 'labels'")
         opts = self.options

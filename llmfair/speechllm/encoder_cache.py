@@ -43,8 +43,8 @@ import torch
 
 from llmfair._atomic import atomic_path
 from llmfair.errors import ConfigError, DataError
+from llmfair.speechllm._qwen2_audio import position_ids_from_mask, unwrap_model
 from llmfair.speechllm.collator import audio_token_counts
-from llmfair.speechllm.scoring import position_ids_from_mask, unwrap_model
 
 logger = logging.getLogger(__name__)
 

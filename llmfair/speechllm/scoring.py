@@ -19,16 +19,17 @@ DDP wrapper (its hooks need the wrapper's own ``forward``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from llmfair.errors import ConfigError
+from llmfair.speechllm._qwen2_audio import position_ids_from_mask, unwrap_model
+from llmfair.speechllm.encoder_cache import EncoderCache, hidden_states_from_audio_features
 from llmfair.speechllm.verbalizer import Verbalizer
 
-if TYPE_CHECKING:
-    from llmfair.speechllm.encoder_cache import EncoderCache
+__all__ = ["ScoreOutput", "last_hidden_states", "position_ids_from_mask", "score_batch", "unwrap_model"]
 
 
 @dataclass
@@ -54,32 +55,8 @@ class ScoreOutput:
         return {"per_sample_loss": self.per_sample_loss, "logits": self.class_logits, "features": self.pooled}
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The ``Qwen2AudioForConditionalGeneration`` inside ``model`` (plain or peft-wrapped).
-
-    Raises:
-        ConfigError: for a DDP/DeepSpeed wrapper (score the wrapped module inside its forward
-            instead) or a model that is not Qwen2-Audio shaped.
-    """
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
-        raise ConfigError("score_batch received a DDP/DeepSpeed wrapper; call it on the wrapped module from inside "
-                          "that module's forward, so the wrapper's gradient hooks stay in charge")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", None)
-    if inner is None or not all(hasattr(inner, a) for a in ("audio_tower", "multi_modal_projector", "language_model")):
-        raise ConfigError(f"expected a Qwen2AudioForConditionalGeneration (or a peft model around one), got "
-                          f"{type(base).__name__}")
-    return base
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Rotary positions that start at 0 on each row's first real token (left padding)."""
-    position_ids = attention_mask.long().cumsum(-1) - 1
-    return position_ids.masked_fill(attention_mask == 0, 1)
-
-
 def last_hidden_states(model: torch.nn.Module, batch: Mapping[str, Any], *,
-                       encoder_cache: "EncoderCache | None" = None) -> torch.Tensor:
+                       encoder_cache: EncoderCache | None = None) -> torch.Tensor:
     """Final-layer hidden states (B, T, H) of the language model (after its final norm).
 
     With ``encoder_cache`` the audio tower is not run: cached encoder outputs go through the
@@ -87,8 +64,6 @@ def last_hidden_states(model: torch.nn.Module, batch: Mapping[str, Any], *,
     """
     base = unwrap_model(model)
     if encoder_cache is not None:
-        from llmfair.speechllm.encoder_cache import hidden_states_from_audio_features
-
         features = encoder_cache.get_or_compute(model, batch)
         return hidden_states_from_audio_features(model, batch, features)
     for key in ("input_ids", "attention_mask", "input_features", "feature_attention_mask"):
@@ -121,7 +96,7 @@ def _lm_answer_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.n
 
 def score_batch(model: torch.nn.Module, batch: Mapping[str, Any], verbalizer: Verbalizer, *,
                 answer_loss: str | None = None, soft_labels: bool | None = None,
-                encoder_cache: "EncoderCache | None" = None) -> ScoreOutput:
+                encoder_cache: EncoderCache | None = None) -> ScoreOutput:
     """Per-sample loss (B,), class logits (B, K) and the pooled answer-position state (B, H).
 
     Args:

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from llmfair._registry import Registry
 from llmfair.errors import ConfigError
 
 SAMPLE_RATE = 16_000
@@ -74,23 +75,17 @@ class FeatureExtractor:
         return f"{type(self).__name__}({self.options!r})"
 
 
-FEATURE_EXTRACTORS: dict[str, type[FeatureExtractor]] = {}
+FEATURE_EXTRACTORS: Registry[type[FeatureExtractor]] = Registry("feature extractor")
+"""The registered extractors by name (a read-only mapping; :func:`register_feature_extractor` adds to it)."""
+
+
+def _set_name(name: str, cls: type[FeatureExtractor]) -> None:
+    cls.name = name
 
 
 def register_feature_extractor(name: str) -> Callable[[type[FeatureExtractor]], type[FeatureExtractor]]:
     """Class decorator: register an extractor under ``name``; a name used twice raises ConfigError."""
-
-    def wrap(cls: type[FeatureExtractor]) -> type[FeatureExtractor]:
-        if not name or not isinstance(name, str):
-            raise ConfigError(f"feature extractor name must be a non-empty string, got {name!r}")
-        if name in FEATURE_EXTRACTORS:
-            raise ConfigError(
-                f"feature extractor {name!r} is registered twice ({FEATURE_EXTRACTORS[name].__name__}, {cls.__name__})")
-        cls.name = name
-        FEATURE_EXTRACTORS[name] = cls
-        return cls
-
-    return wrap
+    return FEATURE_EXTRACTORS.decorator(name, on_register=_set_name)
 
 
 def build_feature_extractor(
@@ -102,9 +97,7 @@ def build_feature_extractor(
     """Instantiate a registered extractor; unknown names and unknown option keys raise ConfigError."""
     from llmfair.options import dataclass_from_mapping
 
-    if name not in FEATURE_EXTRACTORS:
-        raise ConfigError(f"unknown feature extractor {name!r}; registered: {sorted(FEATURE_EXTRACTORS)}")
-    cls = FEATURE_EXTRACTORS[name]
+    cls = FEATURE_EXTRACTORS.lookup(name)
     if options is None or isinstance(options, Mapping):
         options = dataclass_from_mapping(cls.options_class, dict(options or {}), source=source)
     elif not isinstance(options, cls.options_class):

@@ -1,5 +1,5 @@
 """Training: the FairTrainer (objective-driven ``transformers.Trainer``) and samplers."""
-from llmfair.training.group_sampling import SAMPLERS, build_sampler, downsample_indices
+from llmfair.data.sampling import SAMPLERS, build_sampler, downsample_indices
 from llmfair.training.samplers import GroupCoveringSampler
 from llmfair.training.trainer import FairTrainer, FairTrainingArguments, TrainingDivergedError
 
