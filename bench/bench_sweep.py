@@ -161,7 +161,7 @@ def grid_steps(methods: list[dict], folds: list[int], batch: int = 32) -> dict[s
     from llmfair.data.crema_d import read_crema_d
     from llmfair.data.imbalance import build_imbalanced_splits
     from llmfair.data.labels import CREMA_D
-    from llmfair.training.group_sampling import downsample_indices
+    from llmfair.data.sampling import downsample_indices
 
     steps: dict[str, list[int]] = {m["name"]: [] for m in methods}
     for fold in folds:

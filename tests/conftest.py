@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data under ../shared and quiet, reproducible torch."""
+"""Shared fixtures: the real data under ../shared, the tiny speech LLM's offline cache, and quiet,
+reproducible torch."""
 from __future__ import annotations
 
 import os
@@ -30,6 +31,20 @@ def crema_d_labels(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_clip(shared_data: Path) -> Path:
     return shared_data / "samples" / "1001_DFA_ANG_XX.wav"
+
+
+@pytest.fixture(scope="session")
+def llmfair_cache(tmp_path_factory) -> Path:
+    """One LLMFAIR_CACHE (tiny model + encoder cache) for the whole session, not the user's home:
+    the tiny Qwen2-Audio is built there once, offline, and ``load_speech_llm("tiny")`` reads it."""
+    from llmfair.speechllm.tiny import tiny_model_path
+
+    cache = tmp_path_factory.getbasetemp() / "llmfair-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMFAIR_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        tiny_model_path()
+        yield cache
 
 
 @pytest.fixture

@@ -29,17 +29,6 @@ AUDIO_LINEARS = [f"model.audio_tower.layers.{i}.{m}" for i in (0, 1) for m in (
 
 
 @pytest.fixture(scope="session")
-def llmfair_cache(tmp_path_factory) -> Path:
-    """A session cache dir for the tiny model, also used by load_speech_llm('tiny')."""
-    cache = tmp_path_factory.getbasetemp() / "llmfair-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMFAIR_CACHE", str(cache))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        tiny_model_path()
-        yield cache
-
-
-@pytest.fixture(scope="session")
 def tiny_dir(llmfair_cache: Path) -> Path:
     return tiny_model_path()
 

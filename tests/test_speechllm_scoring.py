@@ -18,23 +18,12 @@ from llmfair.speechllm.loading import load_speech_llm
 from llmfair.speechllm.lora import LoraOptions, apply_lora
 from llmfair.speechllm.prompts import PromptTemplate
 from llmfair.speechllm.scoring import score_batch
-from llmfair.speechllm.tiny import tiny_model_path
 from llmfair.speechllm.verbalizer import Verbalizer
 
 torch.set_num_threads(1)
 
 DURATIONS = (1.0, 2.5, 1.7, 3.0)  # different lengths → different padding per row
 PREFIX = "<|im_start|>assistant\n"
-
-
-@pytest.fixture(scope="session")
-def llmfair_cache(tmp_path_factory) -> Path:
-    cache = tmp_path_factory.getbasetemp() / "llmfair-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMFAIR_CACHE", str(cache))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        tiny_model_path()
-        yield cache
 
 
 @pytest.fixture()

@@ -12,12 +12,7 @@ from llmfair.errors import ConfigError, DataError
 from llmfair.ssl import EmoSuperbHead, HeadOptions, class_balanced_weights, soft_cross_entropy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ten training rows, K = 4; strict > 1/4 binarisation gives positives per row:

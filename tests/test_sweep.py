@@ -176,7 +176,7 @@ def test_every_registered_objective_trains_its_own_parameters(name):
 
 
 def test_ds_sampler_trains_on_the_downsampled_rows():
-    from llmfair.training.group_sampling import downsample_indices
+    from llmfair.data.sampling import downsample_indices
 
     x, y, g, c = _blobs(300, seed=6)
     g = np.where(np.arange(300) % 5 == 0, 0, 1)  # 1:4 female:male
@@ -536,6 +536,24 @@ def _loop_figures(y: np.ndarray, p: np.ndarray, male: np.ndarray) -> dict[str, f
     return {"weighted_f1": weighted, "macro_f1": float(f1.mean()), "worst_cell_gap": float(gap), "tpr_gap_rms": rms}
 
 
+def _loop_signed(y, p, male):
+    """The signed components of the two absolute front figures: the male − female macro-F1 gap and
+    the per-class male − female TPR differences."""
+    def f1s(rows):
+        tp = (y[rows] & p[rows]).sum(0)
+        fp = (~y[rows] & p[rows]).sum(0)
+        fn = (y[rows] & ~p[rows]).sum(0)
+        denom = 2 * tp + fp + fn
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+    tpr = []
+    for rows in (~male, male):
+        pos = y[rows].sum(0)
+        tpr.append(np.where(pos > 0, (y[rows] & p[rows]).sum(0) / np.maximum(pos, 1), np.nan))
+    gap = f1s(male).mean() - f1s(~male).mean() if male.any() and (~male).any() else np.nan
+    return gap, tpr[1] - tpr[0]
+
+
 def test_front_bootstrap_matches_a_loop_over_speakers(tmp_path):
     pred = _speaker_table(tmp_path)
     y, p = pred.label_bin, pred.prediction_bin
@@ -551,23 +569,37 @@ def test_front_bootstrap_matches_a_loop_over_speakers(tmp_path):
                                                       - f1_score(y[~male], p[~male], average="macro", zero_division=0)))
     for name, value in direct.items():
         assert got[name] == pytest.approx(value, abs=1e-12), name
-    # intervals against a loop that resamples speakers with replacement and recomputes everything
+    # intervals against a loop that resamples speakers with replacement and recomputes everything; the
+    # absolute figures' intervals are built from the signed gaps (docs/intervals.md): the folded
+    # interval of the one cell's signed macro-F1 gap, and RMS ± the 95 % quantile of the RMS deviation
     rng = np.random.default_rng(5)
     names = np.unique(speakers)
     rows_of = {s: np.flatnonzero(speakers == s) for s in names}
     reps = {name: [] for name in direct}
+    signed_gap, signed_tpr = [], []
+    gap0, tpr0 = _loop_signed(y, p, male)
     for _ in range(R):
         rows = np.concatenate([rows_of[s] for s in rng.choice(names, size=len(names), replace=True)])
         for name, value in _loop_figures(y[rows], p[rows], male[rows]).items():
             reps[name].append(value)
+        g, t = _loop_signed(y[rows], p[rows], male[rows])
+        signed_gap.append(g)
+        signed_tpr.append(t)
     from llmfair.metrics.bootstrap import bootstrap_ci
 
     by_utterance = bootstrap_ci(pred, unit="utterance", n_resamples=R, seed=1, metrics=("weighted_f1", "macro_f1"),
                                 worst_cell_metric="macro_f1").overall.set_index("metric")
-    for name, values in reps.items():
-        low, high = np.nanpercentile(np.array(values), [2.5, 97.5])
+    expected = {name: tuple(np.nanpercentile(np.array(reps[name]), [2.5, 97.5])) for name in ("weighted_f1", "macro_f1")}
+    lo, hi = np.nanpercentile(signed_gap, [2.5, 97.5])
+    lo, hi = min(lo, gap0), max(hi, gap0)
+    expected["worst_cell_gap"] = (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi)))
+    q = np.nanpercentile(np.sqrt(np.nanmean((np.array(signed_tpr) - tpr0) ** 2, axis=1)), 95)
+    expected["tpr_gap_rms"] = (max(direct["tpr_gap_rms"] - q, 0.0), direct["tpr_gap_rms"] + q)
+    assert set(expected) == set(direct)
+    for name, (low, high) in expected.items():
         assert got[f"{name}_low"] == pytest.approx(low, abs=0.025), name
         assert got[f"{name}_high"] == pytest.approx(high, abs=0.025), name
+        assert got[f"{name}_low"] <= got[name] <= got[f"{name}_high"], name
         if name in by_utterance.index:  # the test can fail: utterance resampling gives narrower bars
             width = by_utterance.loc[name, "high"] - by_utterance.loc[name, "low"]
             assert width < (high - low) - 0.05, name

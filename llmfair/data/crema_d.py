@@ -231,58 +231,23 @@ def read_crema_d(
             summing to 1, unknown sentence codes, unsafe or duplicate file names, missing audio.
     """
     labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        raise DataError(f"CREMA-D labels directory not found: {labels_dir}")
-    bad_splits = [s for s in splits if s not in SPLITS]
-    if bad_splits:
-        raise DataError(f"unknown split(s) {bad_splits}; CREMA-D splits are {list(SPLITS)} ('Development' is 'dev')")
-    path = labels_path(labels_dir, fold)
-    if not path.is_file():
-        present = available_folds(labels_dir)
-        raise DataError(
-            f"CREMA-D fold {fold} not found: {path} is missing; folds present in {labels_dir}: {present or 'none'}"
-        )
+    path = _fold_file(labels_dir, fold, splits)
     split_names = _read_config(labels_dir)
     frame = read_csv_checked(path, ("FileName", *CLASS_COLUMNS, "SpkrID", "Gender", "Split_Set"))
     for col in ID_COLUMNS:
         frame[col] = frame[col].str.strip()
-
-    to_split = {v: k for k, v in split_names.items()}
-    split = frame["Split_Set"].map(to_split)
-    unknown = split.isna()
-    if unknown.any():
-        i = int(np.argmax(unknown.to_numpy()))
-        raise DataError(
-            f"{path}, line {i + 2} (FileName {frame['FileName'].iloc[i]!r}): unknown Split_Set value "
-            f"{frame['Split_Set'].iloc[i]!r}; expected one of {sorted(to_split)}"
-        )
+    split = _split_column(frame, split_names, path)
     names = frame["FileName"]
     _check_file_names(names, path)
     soft = _soft_labels(frame, path)
     genders = _genders(frame["Gender"], path)
-
-    codes = names.str.split("_").str[1]
-    text = codes.map(SENTENCES)
-    if text.isna().any():
-        i = int(np.argmax(text.isna().to_numpy()))
-        raise DataError(
-            f"{path}: FileName {names.iloc[i]!r} has no CREMA-D sentence code (expected e.g. 1001_DFA_ANG_XX.wav "
-            f"with one of {sorted(SENTENCES)})"
-        )
+    text = _sentences(names, path)
     emotions = strict_majority(soft)
 
-    keep = split.isin(list(splits)).to_numpy()
-    idx = np.flatnonzero(keep)
+    idx = np.flatnonzero(split.isin(list(splits)).to_numpy())
     ids = names.str.rsplit(".", n=1).str[0].to_numpy()
     kept_names = names.to_numpy()[idx]
-    if audio_dir is None:
-        audio = [str(n) for n in kept_names]
-    else:
-        base = Path(audio_dir)
-        audio = [str(base / n) for n in kept_names]
-        if check_audio:
-            check_audio_files(audio, what=f"CREMA-D audio (under {base})")
-
+    audio = _audio_paths(kept_names, audio_dir, check_audio)
     soft_rows = [tuple(r) for r in soft[idx].tolist()]
     speakers, texts, split_arr = frame["SpkrID"].to_numpy(), text.to_numpy(), split.to_numpy()
     examples = [
@@ -303,3 +268,58 @@ def read_crema_d(
     ]
     logger.info("CREMA-D fold %d: %d examples from %s (splits %s)", fold, len(examples), path, list(splits))
     return examples
+
+
+def _fold_file(labels_dir: Path, fold: int, splits: Sequence[str]) -> Path:
+    """The fold's label file, after checking the directory, the split names and that the file exists
+    (the error names the folds present)."""
+    if not labels_dir.is_dir():
+        raise DataError(f"CREMA-D labels directory not found: {labels_dir}")
+    bad_splits = [s for s in splits if s not in SPLITS]
+    if bad_splits:
+        raise DataError(f"unknown split(s) {bad_splits}; CREMA-D splits are {list(SPLITS)} ('Development' is 'dev')")
+    path = labels_path(labels_dir, fold)
+    if not path.is_file():
+        present = available_folds(labels_dir)
+        raise DataError(
+            f"CREMA-D fold {fold} not found: {path} is missing; folds present in {labels_dir}: {present or 'none'}"
+        )
+    return path
+
+
+def _split_column(frame: pd.DataFrame, split_names: dict[str, str], path: Path) -> pd.Series:
+    """Each row's llmfair split (``train``/``dev``/``test``) from its ``Split_Set`` value."""
+    to_split = {v: k for k, v in split_names.items()}
+    split = frame["Split_Set"].map(to_split)
+    unknown = split.isna()
+    if unknown.any():
+        i = int(np.argmax(unknown.to_numpy()))
+        raise DataError(
+            f"{path}, line {i + 2} (FileName {frame['FileName'].iloc[i]!r}): unknown Split_Set value "
+            f"{frame['Split_Set'].iloc[i]!r}; expected one of {sorted(to_split)}"
+        )
+    return split
+
+
+def _sentences(names: pd.Series, path: Path) -> pd.Series:
+    """The spoken sentence of each clip, from the sentence code in its file name."""
+    text = names.str.split("_").str[1].map(SENTENCES)
+    if text.isna().any():
+        i = int(np.argmax(text.isna().to_numpy()))
+        raise DataError(
+            f"{path}: FileName {names.iloc[i]!r} has no CREMA-D sentence code (expected e.g. 1001_DFA_ANG_XX.wav "
+            f"with one of {sorted(SENTENCES)})"
+        )
+    return text
+
+
+def _audio_paths(names: np.ndarray, audio_dir: str | Path | None, check_audio: bool) -> list[str]:
+    """``audio_dir / name`` per clip (checked to exist with ``check_audio``), or the bare names
+    without ``audio_dir``."""
+    if audio_dir is None:
+        return [str(n) for n in names]
+    base = Path(audio_dir)
+    audio = [str(base / n) for n in names]
+    if check_audio:
+        check_audio_files(audio, what=f"CREMA-D audio (under {base})")
+    return audio

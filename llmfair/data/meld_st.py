@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import pandas as pd
-
 from llmfair.data._csv import read_csv_checked
 from llmfair.data.audio import check_audio_files
 from llmfair.data.example import Example, RaterAnnotation
@@ -121,76 +119,13 @@ def read_meld_st(
         return_report: also return a :class:`MeldStReport`.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"MELD-ST root is not a directory: {root}")
-    _validate_split_names(splits)
-    bad_lang = [lang for lang in languages if lang not in LANGUAGES]
-    if bad_lang:
-        raise DataError(f"unknown language(s) {bad_lang}; expected some of {list(LANGUAGES)}")
-    bad_mod = [m for m in modalities if m not in MODALITIES]
-    if bad_mod:
-        raise DataError(f"unknown modality(ies) {bad_mod}; expected some of {list(MODALITIES)}")
+    _check_request(root, splits, languages, modalities)
     template = PathTemplate(path_template, TEMPLATE_FIELDS)
-
-    present = [p for p in PAIRS if (root / p).is_dir()]
-    if not present:
-        raise DataError(f"{root} holds neither ENG_DEU/ nor ENG_JPN/; is it a MELD-ST directory?")
-    for lang in languages:
-        if lang != "eng":
-            pair = next(p for p, (code, _) in PAIRS.items() if code == lang)
-            if pair not in present:
-                raise DataError(f"language {lang!r} needs {root / pair}/, which does not exist")
-
+    present = _present_pairs(root, languages)
     genders = resolve_gender_table(gender_table, root)
     ratings = _read_ratings(root)
     report = MeldStReport()
-    rendered: list[dict] = []  # one dict per (utterance, language), modalities expanded below
-    seen_english: dict[tuple[str, str, str, str], dict] = {}
-
-    for pair in present:
-        code, lang_col = PAIRS[pair]
-        for split in splits:
-            path = csv_path(root, pair, split)
-            frame = read_csv_checked(path, csv_columns(pair))
-            report.rows[f"{pair}/{path.name}"] = len(frame)
-            for rec in frame.to_dict("records"):
-                where = f"{path}, id {rec['id']}"
-                emotion = MELD.index(rec["emotion"], where=where)
-                times = (rec["season"], rec["episode"], rec["English_begin_time"], rec["English_end_time"])
-                has_times = all(str(t).strip() for t in times)
-                utterance_id = (
-                    f"S{times[0]}E{times[1]}@{times[2]}-{times[3]}" if has_times else f"{pair}-{rec['id']}"
-                )
-                base = {
-                    "pair": pair, "csv_id": rec["id"], "split": split, "emotion": emotion,
-                    "speaker": rec["speaker"], "utterance_id": utterance_id, "where": where,
-                    "meta": {
-                        "pair": pair, "csv_id": rec["id"], "dia_id": rec["dia_id"], "utt_id": rec["utt_id"],
-                        "season": rec["season"], "episode": rec["episode"], "sentiment": rec["sentiment"],
-                    },
-                }
-                if code in languages:
-                    rendered.append({**base, "language": code, "text": rec[lang_col],
-                                     "begin": rec[f"{lang_col}_begin_time"], "end": rec[f"{lang_col}_end_time"]})
-                if "eng" not in languages:
-                    continue
-                eng = {**base, "language": "eng", "text": rec["English"],
-                       "begin": rec["English_begin_time"], "end": rec["English_end_time"]}
-                if not has_times:
-                    report.english_without_times += 1
-                    rendered.append(eng)
-                    continue
-                first = seen_english.get(times)
-                if first is None:
-                    seen_english[times] = eng
-                    rendered.append(eng)
-                    continue
-                report.english_duplicates_merged += 1
-                if first["split"] != split:
-                    report.english_split_leaks += 1
-                if first["emotion"] != emotion or first["speaker"] != rec["speaker"]:
-                    report.english_label_conflicts += 1
-
+    rendered = _rendered_rows(root, present, splits, languages, report)
     if report.english_split_leaks:
         logger.warning(
             "%d English utterances appear in different splits of ENG_DEU and ENG_JPN; each is kept "
@@ -226,3 +161,87 @@ def read_meld_st(
     logger.info("read %d MELD-ST examples from %s (%d English duplicates merged)",
                 len(examples), root, report.english_duplicates_merged)
     return (examples, report) if return_report else examples
+
+
+def _check_request(root: Path, splits: Sequence[str], languages: Sequence[str], modalities: Sequence[str]) -> None:
+    """``root`` is a directory; the splits, languages and modalities asked for exist."""
+    if not root.is_dir():
+        raise DataError(f"MELD-ST root is not a directory: {root}")
+    _validate_split_names(splits)
+    bad_lang = [lang for lang in languages if lang not in LANGUAGES]
+    if bad_lang:
+        raise DataError(f"unknown language(s) {bad_lang}; expected some of {list(LANGUAGES)}")
+    bad_mod = [m for m in modalities if m not in MODALITIES]
+    if bad_mod:
+        raise DataError(f"unknown modality(ies) {bad_mod}; expected some of {list(MODALITIES)}")
+
+
+def _present_pairs(root: Path, languages: Sequence[str]) -> list[str]:
+    """The pair folders under ``root``, in PAIRS order; each language other than English needs its pair."""
+    present = [p for p in PAIRS if (root / p).is_dir()]
+    if not present:
+        raise DataError(f"{root} holds neither ENG_DEU/ nor ENG_JPN/; is it a MELD-ST directory?")
+    for lang in languages:
+        if lang != "eng":
+            pair = next(p for p, (code, _) in PAIRS.items() if code == lang)
+            if pair not in present:
+                raise DataError(f"language {lang!r} needs {root / pair}/, which does not exist")
+    return present
+
+
+def _rendered_rows(root: Path, pairs: Sequence[str], splits: Sequence[str], languages: Sequence[str],
+                   report: MeldStReport) -> list[dict]:
+    """One dict per (utterance, language) in reading order (pairs, then splits, then CSV rows; the
+    modalities are expanded later), English de-duplicated by the module docstring's rule; counts
+    rows, merged duplicates, leaks and conflicts into ``report``."""
+    rendered: list[dict] = []
+    seen_english: dict[tuple[str, str, str, str], dict] = {}
+    for pair in pairs:
+        code, lang_col = PAIRS[pair]
+        for split in splits:
+            path = csv_path(root, pair, split)
+            frame = read_csv_checked(path, csv_columns(pair))
+            report.rows[f"{pair}/{path.name}"] = len(frame)
+            for rec in frame.to_dict("records"):
+                base, times = _base_row(rec, pair, split, path)
+                if code in languages:
+                    rendered.append({**base, "language": code, "text": rec[lang_col],
+                                     "begin": rec[f"{lang_col}_begin_time"], "end": rec[f"{lang_col}_end_time"]})
+                if "eng" not in languages:
+                    continue
+                eng = {**base, "language": "eng", "text": rec["English"],
+                       "begin": rec["English_begin_time"], "end": rec["English_end_time"]}
+                if times is None:
+                    report.english_without_times += 1
+                    rendered.append(eng)
+                    continue
+                first = seen_english.get(times)
+                if first is None:
+                    seen_english[times] = eng
+                    rendered.append(eng)
+                    continue
+                report.english_duplicates_merged += 1
+                if first["split"] != split:
+                    report.english_split_leaks += 1
+                if first["emotion"] != eng["emotion"] or first["speaker"] != eng["speaker"]:
+                    report.english_label_conflicts += 1
+    return rendered
+
+
+def _base_row(rec: dict, pair: str, split: str, path: Path) -> tuple[dict, tuple | None]:
+    """The language-independent fields of one CSV row, and its English key (season, episode,
+    English begin and end time), None when a time is empty."""
+    where = f"{path}, id {rec['id']}"
+    emotion = MELD.index(rec["emotion"], where=where)
+    times = (rec["season"], rec["episode"], rec["English_begin_time"], rec["English_end_time"])
+    has_times = all(str(t).strip() for t in times)
+    utterance_id = f"S{times[0]}E{times[1]}@{times[2]}-{times[3]}" if has_times else f"{pair}-{rec['id']}"
+    base = {
+        "pair": pair, "csv_id": rec["id"], "split": split, "emotion": emotion,
+        "speaker": rec["speaker"], "utterance_id": utterance_id, "where": where,
+        "meta": {
+            "pair": pair, "csv_id": rec["id"], "dia_id": rec["dia_id"], "utt_id": rec["utt_id"],
+            "season": rec["season"], "episode": rec["episode"], "sentiment": rec["sentiment"],
+        },
+    }
+    return base, times if has_times else None

@@ -49,8 +49,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from llmfair.data.grouping import TrainingStats
+from llmfair.data.sampling import build_sampler
 from llmfair.errors import ConfigError, DataError
-from llmfair.objectives.base import Objective, ObjectiveInputs, TrainingStats
+from llmfair.objectives.base import Objective, ObjectiveInputs
 from llmfair.ssl.head import EmoSuperbHead, HeadOptions
 from llmfair.ssl.losses import class_balanced_weights
 
@@ -341,26 +343,10 @@ def train_head(
     device = torch.device(options.device)
     started = time.perf_counter()
 
-    x_all = _as_tensor(train_features, torch.float32, "train_features")
-    _check_features(x_all, "train_features")
-    n_all = x_all.shape[0]
-    y_all = _as_labels(train_labels, "train_labels")
-    _check_labels(y_all, n_all, None, "train_labels")
-    g_all = _as_tensor(train_groups, torch.long, "train_groups")
-    if g_all.shape != (n_all,):
-        raise DataError(f"head training: train_groups has shape {tuple(g_all.shape)}; expected ({n_all},)")
-    num_groups = objective.group_spec.num_groups
-    if bool(((g_all < 0) | (g_all >= num_groups)).any()):
-        raise DataError(f"head training: group ids must lie in [0, {num_groups}) (the objective's GroupSpec); got "
-                        f"{sorted(set(g_all[(g_all < 0) | (g_all >= num_groups)].tolist()))[:8]}")
-    classes_all = _majority(y_all) if train_classes is None else np.asarray(train_classes, dtype=np.int64)
-    if classes_all.shape != (n_all,):
-        raise DataError(f"head training: train_classes has shape {classes_all.shape}; expected ({n_all},)")
-    num_classes = int(y_all.shape[1]) if y_all.ndim == 2 else int(max(int(y_all.max()) + 1, 2))
+    x_all, y_all, g_all, classes_all, num_classes = _training_arrays(
+        train_features, train_labels, train_groups, train_classes, objective.group_spec.num_groups)
     if (dev_features is None) != (dev_labels is None):
         raise DataError("head training: give both dev_features and dev_labels, or neither")
-    from llmfair.training.selection import meets_bound, select_evaluation  # lazy: llmfair.training pulls in transformers
-
     selection = options.selection_options()
     if selection.active and dev_features is None and options.selection:
         raise ConfigError(f"head training: selection.criterion={selection.criterion!r} needs dev rows "
@@ -369,118 +355,198 @@ def train_head(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         generator = torch.Generator().manual_seed(options.seed)
-
-        sampler = None
-        rows = np.arange(n_all, dtype=np.int64)
-        if options.sampler is not None:
-            from llmfair.training.group_sampling import build_sampler
-
-            sampler = build_sampler(options.sampler, classes_all, g_all.numpy(), seed=options.seed,
-                                    **dict(options.sampler_options))
-            subset = getattr(sampler, "indices", None)
-            if subset is not None:  # a subset sampler (DS): train on those rows only, reshuffled per epoch
-                rows = np.sort(np.asarray(list(subset), dtype=np.int64))
-                sampler = None
-                if rows.size == 0:
-                    raise DataError(f"head training: sampler {options.sampler!r} kept no training row")
-                logger.info("sampler %s: %d of %d training rows kept", options.sampler, rows.size, n_all)
+        sampler, rows = _training_rows(options, classes_all, g_all)
         index = torch.as_tensor(rows)
         x = x_all[index].to(device)
         y = y_all[index].to(device)
         groups = g_all[index].to(device)
         classes = classes_all[rows]
-        n = x.shape[0]
 
-        class_weights = None
-        if head_options.loss == "cb_soft_ce":
-            class_weights = class_balanced_weights(_one_hot_if_needed(y, num_classes).cpu())
-        model = EmoSuperbHead(x.shape[-1], num_classes, num_layers=x.shape[1] if x.ndim == 3 else None,
-                              options=head_options, class_weights=class_weights).to(device)
-        objective = objective.to(device)
-        objective.setup(TrainingStats.from_arrays(groups.cpu().numpy(), classes, num_groups, num_classes))
-        if group_probabilities is not None:
-            if not hasattr(objective, "set_group_probabilities"):
-                raise ConfigError(f"objective {objective.name!r} takes no soft group memberships "
-                                  "(group_probabilities are for pgdro)")
-            probs = np.asarray(group_probabilities, dtype=np.float64)
-            if probs.ndim != 2 or probs.shape[0] != n_all:
-                raise DataError(f"head training: group_probabilities must be ({n_all}, A); got {probs.shape}")
-            objective.set_group_probabilities(probs[rows], classes=classes, names=group_names)
-
-        dev = None
-        if dev_features is not None:
-            dx = _as_tensor(dev_features, torch.float32, "dev_features").to(device)
-            _check_features(dx, "dev_features")
-            dy = _as_labels(dev_labels, "dev_labels").to(device)
-            _check_labels(dy, dx.shape[0], num_classes if dy.ndim == 2 else None, "dev_labels")
-            if dx.shape[1:] != x.shape[1:]:
-                raise DataError(f"head training: dev features {tuple(dx.shape[1:])} do not match training "
-                                f"features {tuple(x.shape[1:])}")
-            dg = None
-            if dev_genders is not None:
-                dg = np.asarray(dev_genders).astype(str)
-                if dg.shape != (dx.shape[0],):
-                    raise DataError(f"head training: dev_genders has shape {dg.shape}; expected ({dx.shape[0]},)")
-            dev = (dx, dy, dg)
-
-        params = [p for p in model.parameters()] + [p for p in objective.parameters() if p.requires_grad]
-        optimizer = _build_optimizer(params, options)
-        next_order = _epoch_orders(sampler, n, generator, device)
-        history: list[dict[str, float]] = []
-        best: tuple[int, Any, Any] | None = None  # (epoch, head state, objective state)
-        steps = 0
-        figures: dict[str, float] = {}
-        model.train()
-        objective.train()
-        for epoch in range(1, options.epochs + 1):
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            sums: dict[str, float] = {}
-            batches = next_order().split(options.batch_size)
-            for idx in batches:
-                xb, yb = x[idx], y[idx]
-                out = model(xb, yb)
-                result = objective(ObjectiveInputs(
-                    per_sample_loss=out["per_sample_loss"], group_ids=groups[idx], logits=out["logits"],
-                    labels=yb, features=out["features"], sample_index=idx, inputs=xb))
-                optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
-                if options.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
-                optimizer.step()
-                loss_sum += result.loss.detach()
-                for name, value in result.figures.items():
-                    sums[name] = sums.get(name, 0.0) + value
-            steps += len(batches)
-            train_loss = float(loss_sum) / len(batches)
-            if not math.isfinite(train_loss):
-                raise DataError(f"head training diverged: the objective {objective.name!r} loss is {train_loss} in "
-                                f"epoch {epoch} (lower the learning rate, check the features for extreme values)")
-            figures = {k: v / len(batches) for k, v in sums.items()}
-            record = {"epoch": float(epoch), "train_loss": train_loss, "dev_loss": math.nan}
-            if dev is not None:
-                record.update(_dev_evaluation(model, objective, *dev))
-            history.append(record)
-            # the rule's choice over the epochs so far; ties go to the earlier epoch, so the running
-            # choice ends where a choice over the whole history would
-            if dev is not None and selection.active and select_evaluation(selection, history) == epoch - 1:
-                best = (epoch, _snapshot(model), _snapshot(objective))
-        if best is not None:
-            model.load_state_dict(best[1])
-            objective.load_state_dict(best[2])
-        best_epoch = best[0] if best is not None else options.epochs
+        model = _build_head(x, y, num_classes, head_options, device)
+        objective = _set_up_objective(objective.to(device), groups, classes, num_classes, rows,
+                                      group_probabilities, x_all.shape[0], group_names)
+        dev = None if dev_features is None else _dev_rows(dev_features, dev_labels, dev_genders, x, num_classes,
+                                                          device)
+        history, best_epoch, steps, figures = _fit(model, objective, x, y, groups, sampler, generator, options, dev,
+                                                   selection, device)
         best_loss = history[best_epoch - 1]["dev_loss"]
-        chosen = {"criterion": selection.criterion if dev is not None else "last"}
-        if dev is not None and selection.criterion == "constrained":
-            chosen["met_bound"] = bool(meets_bound(selection, history[best_epoch - 1]))
-            if not chosen["met_bound"]:
-                logger.warning("no epoch met the dev bound %s <= %g; kept epoch %d, the smallest gap",
-                               selection.gap, selection.max_gap, best_epoch)
+        chosen = _selection_record(selection, history, best_epoch, dev is not None)
     model.eval()
     objective.eval()
     seconds = time.perf_counter() - started
     logger.info("head trained with %s: %d rows, %d steps, best epoch %d (dev loss %.4f), %.1f s",
-                objective.name, n, steps, best_epoch, best_loss, seconds)
+                objective.name, x.shape[0], steps, best_epoch, best_loss, seconds)
     return HeadTrainingResult(model=model, objective=objective, best_epoch=best_epoch, best_dev_loss=best_loss,
                               history=history, num_steps=steps, train_rows=rows, figures=figures, seconds=seconds,
                               selection=chosen)
 
+
+def _training_arrays(train_features: Any, train_labels: Any, train_groups: Any, train_classes: Any,
+                     num_groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, int]:
+    """The training arrays as tensors, checked against each other and the objective's
+    ``num_groups``: features, labels, group ids, the (N,) single classes and the number of classes."""
+    x_all = _as_tensor(train_features, torch.float32, "train_features")
+    _check_features(x_all, "train_features")
+    n_all = x_all.shape[0]
+    y_all = _as_labels(train_labels, "train_labels")
+    _check_labels(y_all, n_all, None, "train_labels")
+    g_all = _as_tensor(train_groups, torch.long, "train_groups")
+    if g_all.shape != (n_all,):
+        raise DataError(f"head training: train_groups has shape {tuple(g_all.shape)}; expected ({n_all},)")
+    if bool(((g_all < 0) | (g_all >= num_groups)).any()):
+        raise DataError(f"head training: group ids must lie in [0, {num_groups}) (the objective's GroupSpec); got "
+                        f"{sorted(set(g_all[(g_all < 0) | (g_all >= num_groups)].tolist()))[:8]}")
+    classes_all = _majority(y_all) if train_classes is None else np.asarray(train_classes, dtype=np.int64)
+    if classes_all.shape != (n_all,):
+        raise DataError(f"head training: train_classes has shape {classes_all.shape}; expected ({n_all},)")
+    num_classes = int(y_all.shape[1]) if y_all.ndim == 2 else int(max(int(y_all.max()) + 1, 2))
+    return x_all, y_all, g_all, classes_all, num_classes
+
+
+def _training_rows(options: HeadTrainingOptions, classes_all: np.ndarray, g_all: torch.Tensor) -> tuple[Any, np.ndarray]:
+    """``options.sampler`` built on the training rows, and the rows trained on (step 1 of the module
+    docstring): a subset sampler (DS) keeps its rows and is dropped (they are reshuffled per epoch
+    like unsampled rows); any other sampler is returned to draw each epoch's order from all rows."""
+    n_all = classes_all.shape[0]
+    rows = np.arange(n_all, dtype=np.int64)
+    if options.sampler is None:
+        return None, rows
+
+    sampler = build_sampler(options.sampler, classes_all, g_all.numpy(), seed=options.seed,
+                            **dict(options.sampler_options))
+    subset = getattr(sampler, "indices", None)
+    if subset is None:
+        return sampler, rows
+    rows = np.sort(np.asarray(list(subset), dtype=np.int64))
+    if rows.size == 0:
+        raise DataError(f"head training: sampler {options.sampler!r} kept no training row")
+    logger.info("sampler %s: %d of %d training rows kept", options.sampler, rows.size, n_all)
+    return None, rows
+
+
+def _build_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, head_options: HeadOptions,
+                device: torch.device) -> EmoSuperbHead:
+    """The head for ``x``'s shape, its class-balanced CE weighted by the rows actually trained on."""
+    class_weights = None
+    if head_options.loss == "cb_soft_ce":
+        class_weights = class_balanced_weights(_one_hot_if_needed(y, num_classes).cpu())
+    return EmoSuperbHead(x.shape[-1], num_classes, num_layers=x.shape[1] if x.ndim == 3 else None,
+                         options=head_options, class_weights=class_weights).to(device)
+
+
+def _set_up_objective(objective: Objective, groups: torch.Tensor, classes: np.ndarray, num_classes: int,
+                      rows: np.ndarray, group_probabilities: Any, n_all: int,
+                      group_names: Sequence[str] | None) -> Objective:
+    """``objective.setup`` with the statistics of the rows trained on, then (PGDRO) their soft group
+    memberships (step 2 of the module docstring)."""
+    objective.setup(TrainingStats.from_arrays(groups.cpu().numpy(), classes, objective.group_spec.num_groups,
+                                              num_classes))
+    if group_probabilities is None:
+        return objective
+    if not hasattr(objective, "set_group_probabilities"):
+        raise ConfigError(f"objective {objective.name!r} takes no soft group memberships "
+                          "(group_probabilities are for pgdro)")
+    probs = np.asarray(group_probabilities, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != n_all:
+        raise DataError(f"head training: group_probabilities must be ({n_all}, A); got {probs.shape}")
+    objective.set_group_probabilities(probs[rows], classes=classes, names=group_names)
+    return objective
+
+
+def _dev_rows(dev_features: Any, dev_labels: Any, dev_genders: Any, x: torch.Tensor, num_classes: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """The dev rows as (features, labels, genders or None), checked against the training features."""
+    dx = _as_tensor(dev_features, torch.float32, "dev_features").to(device)
+    _check_features(dx, "dev_features")
+    dy = _as_labels(dev_labels, "dev_labels").to(device)
+    _check_labels(dy, dx.shape[0], num_classes if dy.ndim == 2 else None, "dev_labels")
+    if dx.shape[1:] != x.shape[1:]:
+        raise DataError(f"head training: dev features {tuple(dx.shape[1:])} do not match training "
+                        f"features {tuple(x.shape[1:])}")
+    dg = None
+    if dev_genders is not None:
+        dg = np.asarray(dev_genders).astype(str)
+        if dg.shape != (dx.shape[0],):
+            raise DataError(f"head training: dev_genders has shape {dg.shape}; expected ({dx.shape[0]},)")
+    return dx, dy, dg
+
+
+def _fit(model: EmoSuperbHead, objective: Objective, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
+         sampler: Any, generator: torch.Generator, options: HeadTrainingOptions, dev: tuple | None, selection: Any,
+         device: torch.device) -> tuple[list[dict[str, float]], int, int, dict[str, float]]:
+    """Adam over the head's and the objective's parameters for ``options.epochs`` epochs (steps 3
+    and 4 of the module docstring), the dev rows evaluated after each. The state of the epoch the
+    selection rule chooses (the last one without a rule or dev rows) is restored into ``model`` and
+    ``objective``. Returns the history, that 1-based epoch, the steps taken and the last epoch's
+    objective figures."""
+    from llmfair.training.selection import select_evaluation  # lazy: llmfair.training pulls in transformers
+
+    params = [p for p in model.parameters()] + [p for p in objective.parameters() if p.requires_grad]
+    optimizer = _build_optimizer(params, options)
+    next_order = _epoch_orders(sampler, x.shape[0], generator, device)
+    history: list[dict[str, float]] = []
+    best: tuple[int, Any, Any] | None = None  # (epoch, head state, objective state)
+    steps = 0
+    figures: dict[str, float] = {}
+    model.train()
+    objective.train()
+    for epoch in range(1, options.epochs + 1):
+        train_loss, figures, batches = _train_epoch(model, objective, optimizer, params, x, y, groups, next_order(),
+                                                    options)
+        steps += batches
+        if not math.isfinite(train_loss):
+            raise DataError(f"head training diverged: the objective {objective.name!r} loss is {train_loss} in "
+                            f"epoch {epoch} (lower the learning rate, check the features for extreme values)")
+        record = {"epoch": float(epoch), "train_loss": train_loss, "dev_loss": math.nan}
+        if dev is not None:
+            record.update(_dev_evaluation(model, objective, *dev))
+        history.append(record)
+        # the rule's choice over the epochs so far; ties go to the earlier epoch, so the running
+        # choice ends where a choice over the whole history would
+        if dev is not None and selection.active and select_evaluation(selection, history) == epoch - 1:
+            best = (epoch, _snapshot(model), _snapshot(objective))
+    if best is None:
+        return history, options.epochs, steps, figures
+    model.load_state_dict(best[1])
+    objective.load_state_dict(best[2])
+    return history, best[0], steps, figures
+
+
+def _train_epoch(model: EmoSuperbHead, objective: Objective, optimizer: torch.optim.Optimizer,
+                 params: Sequence[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
+                 order: torch.Tensor, options: HeadTrainingOptions) -> tuple[float, dict[str, float], int]:
+    """One pass over the rows in ``order``, ``options.batch_size`` at a time (step 4 of the module
+    docstring); returns the mean objective loss, the objective's mean figures and the steps taken."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    sums: dict[str, float] = {}
+    batches = order.split(options.batch_size)
+    for idx in batches:
+        xb, yb = x[idx], y[idx]
+        out = model(xb, yb)
+        result = objective(ObjectiveInputs(
+            per_sample_loss=out["per_sample_loss"], group_ids=groups[idx], logits=out["logits"],
+            labels=yb, features=out["features"], sample_index=idx, inputs=xb))
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        if options.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
+        optimizer.step()
+        loss_sum += result.loss.detach()
+        for name, value in result.figures.items():
+            sums[name] = sums.get(name, 0.0) + value
+    return float(loss_sum) / len(batches), {k: v / len(batches) for k, v in sums.items()}, len(batches)
+
+
+def _selection_record(selection: Any, history: list[dict[str, float]], best_epoch: int,
+                      has_dev: bool) -> dict[str, Any]:
+    """``HeadTrainingResult.selection``: the rule that chose ``best_epoch`` and, for
+    ``constrained``, whether that epoch met the gap bound (a warning when none did)."""
+    from llmfair.training.selection import meets_bound
+
+    chosen: dict[str, Any] = {"criterion": selection.criterion if has_dev else "last"}
+    if has_dev and selection.criterion == "constrained":
+        chosen["met_bound"] = bool(meets_bound(selection, history[best_epoch - 1]))
+        if not chosen["met_bound"]:
+            logger.warning("no epoch met the dev bound %s <= %g; kept epoch %d, the smallest gap",
+                           selection.gap, selection.max_gap, best_epoch)
+    return chosen
