@@ -1,4 +1,5 @@
-"""Bootstrap intervals: exact resampling mechanics, agreement with the point estimates, coverage."""
+"""Bootstrap intervals: exact resampling mechanics, agreement with the point estimates, coverage,
+and honest intervals of absolute gaps (every interval contains its estimate; zero-gap coverage)."""
 from __future__ import annotations
 
 import json
@@ -9,16 +10,22 @@ import pytest
 
 from llmfair.errors import ConfigError
 from llmfair.metrics import (
+    FAIRNESS_FIGURES,
+    FAIRNESS_INTERVALS,
     SliceMetrics,
     bootstrap_ci,
     cluster_ids,
+    containing,
     fairness_summary,
+    folded_box_interval,
+    folded_interval,
     gender_gaps,
+    norm_ball_interval,
     percentile_interval,
     resample_statistics,
     summary_dict,
 )
-from llmfair.metrics.bootstrap import _cluster_types
+from llmfair.metrics.bootstrap import FIGURE_NORMS, _cluster_types, _figure_arrays, _intervals
 from llmfair.metrics.slicing import cell_index, row_stat_index
 from llmfair.predictions import Predictions
 from tests.test_metrics import random_table
@@ -189,12 +196,17 @@ def test_coverage_of_the_gender_gap():
     n, covered = 400, 0
     gender = np.where(np.arange(n) % 2 == 0, "female", "male")
     p = np.where(gender == "male", 0.8, 0.7)
+    folded = resolved = 0
     for d in range(120):
         pred = simulated(rng.random(n) < p, gender=gender)
         result = bootstrap_ci(pred, n_resamples=200, seed=d, metrics=("accuracy",))
-        row = result.gaps[(result.gaps["language"] == "all") & (result.gaps["figure"] == "male_minus_female")].iloc[0]
+        overall = result.gaps[result.gaps["language"] == "all"].set_index("figure")
+        row = overall.loc["male_minus_female"]
         covered += row["low"] <= 0.1 <= row["high"]
+        folded += overall.loc["gap", "low"] <= 0.1 <= overall.loc["gap", "high"]  # |gap|: the folded interval
+        resolved += overall.loc["gap", "low"] > 0
     assert 0.88 <= covered / 120 <= 0.99
+    assert 0.88 <= folded / 120 <= 0.99 and resolved / 120 > 0.5  # valid away from 0 too, and not vacuous
 
 
 def test_summary_dict_is_json_with_the_report_shape():
@@ -234,3 +246,132 @@ def test_bad_bootstrap_options():
         bootstrap_ci(pred, n_resamples=-1)
     with pytest.raises(ConfigError, match="confidence"):
         bootstrap_ci(pred, n_resamples=10, confidence=1.5)
+
+
+# ------------------------------------------------------------------------------ honest intervals
+def test_folded_and_containing_intervals_by_hand():
+    low, high = folded_interval(np.array([-0.1, 0.1, -0.3, np.nan, -0.2]), np.array([0.3, 0.3, -0.1, 0.2, 0.0]))
+    np.testing.assert_allclose(low, [0.0, 0.1, 0.1, np.nan, 0.0])
+    np.testing.assert_allclose(high, [0.3, 0.3, 0.3, np.nan, 0.2])
+    low, high = containing(np.array([0.1, 0.1, np.nan, 0.1]), np.array([0.2, 0.2, np.nan, 0.2]),
+                           np.array([0.05, 0.25, 0.3, np.nan]))
+    np.testing.assert_allclose(low, [0.05, 0.1, np.nan, 0.1])
+    np.testing.assert_allclose(high, [0.2, 0.25, np.nan, 0.2])
+    # a norm ball: N = |·| of one component, deviations |d* − d̂| = 0.01 ... 1.00 → q = their 95th percentile
+    reps = (0.3 + np.linspace(0.01, 1.0, 100) * np.where(np.arange(100) % 2, 1, -1))[:, None, None]
+    low, high = norm_ball_interval(np.array([[0.3]]), reps, FIGURE_NORMS["worst_cell_gap"], 0.95)
+    q = np.percentile(np.linspace(0.01, 1.0, 100), 95)
+    assert (float(low), float(high)) == pytest.approx((0.0, 0.3 + q)) and 0.3 - q < 0
+    # one component: the folded box is the folded percentile interval
+    rng = np.random.default_rng(0)
+    reps = rng.normal(0.05, 0.1, (400, 1, 1))
+    box = folded_box_interval(np.array([[0.05]]), reps, FIGURE_NORMS["worst_cell_gap"])
+    assert tuple(map(float, box)) == tuple(map(float, folded_interval(*percentile_interval(reps[:, 0, 0])[:2])))
+    # several: jointly about 95 % of the replicates lie in the max-t box, wider than marginal intervals
+    reps = rng.normal(0.0, [0.02, 0.05, 0.1, 0.2], (2000, 1, 4))
+    point = np.zeros((1, 4))
+    low, high = map(float, folded_box_interval(point, reps, FIGURE_NORMS["worst_cell_gap"]))
+    assert low == 0.0
+    t = np.abs(reps[:, 0, :]) / reps[:, 0, :].std(axis=0, ddof=1)
+    assert np.mean(t.max(axis=1) <= np.percentile(t.max(axis=1), 95)) == pytest.approx(0.95, abs=0.005)
+    assert high == pytest.approx(np.percentile(t.max(axis=1), 95) * reps[:, 0, 3].std(ddof=1), rel=1e-9)
+    assert high > np.percentile(np.abs(reps[:, 0, 3]), 95)  # the noisiest cell's marginal bound
+
+
+def _naive(reps: dict, key: str, index) -> tuple[np.ndarray, np.ndarray]:
+    """The old intervals: percentiles of the resampled figures themselves (|d*| for absolute gaps)."""
+    return percentile_interval(reps[key][index])[:2]
+
+
+def test_every_interval_contains_its_estimate():
+    """Random tables (small cells, both label kinds and units): every overall, slice, gap and fairness
+    interval contains its estimate; ``gap`` is exactly the folded ``male_minus_female`` interval. The
+    percentile intervals of the resampled absolute figures (the old method) exclude theirs here."""
+    excluded_before = 0
+    for seed in range(12):
+        for multilabel in (False, True):
+            pred = random_table((60, 150, 400)[seed % 3], seed=seed, multilabel=multilabel, speakers=20)
+            unit = ("utterance", "speaker")[seed % 2]
+            result = bootstrap_ci(pred, unit=unit, n_resamples=100, seed=seed)
+            for name in ("overall", "slices", "gaps", "fairness"):
+                table = getattr(result, name)
+                defined = table[table["estimate"].notna()]
+                assert defined["low"].notna().mean() > 0.9, name
+                inside = (defined["low"] <= defined["estimate"]) & (defined["estimate"] <= defined["high"])
+                assert inside[defined["low"].notna()].all(), defined[~inside & defined["low"].notna()]
+            gaps = result.gaps.set_index(["language", "modality", "metric", "figure"])
+            signed = gaps.xs("male_minus_female", level="figure")
+            folded = gaps.xs("gap", level="figure").loc[signed.index]
+            low, high = folded_interval(signed["low"].to_numpy(), signed["high"].to_numpy())
+            np.testing.assert_array_equal(folded["low"].to_numpy(), low)
+            np.testing.assert_array_equal(folded["high"].to_numpy(), high)
+            # the old construction on the same replicates
+            fine = ("language", "modality", "gender")
+            options = dict(metrics=("accuracy", "weighted_f1", "macro_f1"), by=fine, cells=("language", "modality"),
+                           group_column="gender", worst_cell_metric="weighted_f1")
+            point = _figure_arrays(SliceMetrics.from_predictions(pred, fine), **options)
+            reps = _figure_arrays(resample_statistics(pred, fine, unit=unit, n_resamples=100, seed=seed), **options)
+            for key, index in (("gaps", (slice(None), Ellipsis, 3)), ("fairness", (slice(None), Ellipsis))):
+                old_low, old_high = _naive(reps, key, index)
+                estimate = point[key][index[1:]]
+                excluded_before += int(np.nansum((estimate < old_low) | (estimate > old_high)))
+    assert excluded_before >= 10
+
+
+def test_summary_dict_intervals_contain_their_estimates_and_name_their_methods():
+    pred = random_table(120, seed=21, speakers=12)
+    out = summary_dict(pred, n_resamples=150, seed=2, unit="speaker")
+    pairs = [(out["overall"][m], ci) for m, ci in out["overall"]["ci"].items()]
+    pairs += [(s[m], ci) for s in out["slices"] for m, ci in s["ci"].items()]
+    pairs += [(g[f], ci) for g in out["gaps"] for f, ci in g["ci"].items()]
+    pairs += [(out["fairness"][f], ci) for f, ci in out["fairness"]["ci"].items()]
+    checked = [(v, lo, hi) for v, (lo, hi) in pairs if None not in (v, lo, hi)]
+    assert len(checked) > 0.9 * len(pairs)
+    assert all(lo <= v <= hi for v, lo, hi in checked)
+    assert out["bootstrap"]["method"] == "percentile"
+    assert out["bootstrap"]["interval_methods"] == {"gap": "folded", **FAIRNESS_INTERVALS}
+    assert set(FAIRNESS_INTERVALS) == set(FAIRNESS_FIGURES)
+
+
+def _same_population(rng: np.random.Generator, *, speakers: int = 120, per: int = 4) -> Predictions:
+    """Female and male speakers from one population (speaker accuracies ~ Beta(7, 3), two languages,
+    3 classes): every gender gap, per class or per cell, is 0 in truth."""
+    speaker = np.repeat(np.arange(speakers), per)
+    gender = np.where(speaker % 2 == 0, "female", "male")
+    correct = rng.random(speaker.size) < np.repeat(rng.beta(7.0, 3.0, speakers), per)
+    pred = simulated(correct, gender=gender, speaker=speaker.astype(str))
+    language = np.where(rng.random(speaker.size) < 0.5, "eng", "deu")
+    return Predictions.from_frame(pred.frame.assign(language=language), source="same population")
+
+
+def test_zero_gap_coverage_of_the_absolute_figures():
+    """200 tables of 120 speakers whose genders share one population (every gap is 0 in truth), a
+    95 % speaker bootstrap: the reported interval of |male − female| and of every fairness figure
+    covers 0 at about the nominal rate, while the percentile interval of the resampled absolute
+    values — the old method — almost never does (its replicates all lie above the estimate)."""
+    rng = np.random.default_rng(14)
+    fine = ("gender", "language")  # bootstrap_ci's cell order, so its replicates are drawn again here
+    options = dict(metrics=("accuracy",), by=("gender",), cells=("language",), group_column="gender",
+                   worst_cell_metric="accuracy")
+    trials = 200
+    figures = ("gap",) + FAIRNESS_FIGURES
+    new = dict.fromkeys(figures, 0)
+    old = dict.fromkeys(figures, 0)
+    for d in range(trials):
+        pred = _same_population(rng)
+        point = _figure_arrays(SliceMetrics.from_predictions(pred, fine), **options)
+        reps = _figure_arrays(resample_statistics(pred, fine, unit="speaker", n_resamples=200, seed=d), **options)
+        intervals = _intervals(point, reps, 0.95)
+        if d == 0:  # the intervals are those bootstrap_ci reports
+            result = bootstrap_ci(pred, unit="speaker", n_resamples=200, seed=d, **options)
+            np.testing.assert_array_equal(result.fairness["low"], intervals["fairness"][0])
+            np.testing.assert_array_equal(result.gaps["high"], intervals["gaps"][1].ravel())
+        low = {"gap": intervals["gaps"][0][-1, 0, 3], **dict(zip(FAIRNESS_FIGURES, intervals["fairness"][0]))}
+        old_low = {"gap": _naive(reps, "gaps", (slice(None), -1, 0, 3))[0],
+                   **dict(zip(FAIRNESS_FIGURES, _naive(reps, "fairness", (slice(None),))[0]))}
+        for f in figures:
+            new[f] += low[f] <= 0.0  # intervals of non-negative figures: covering 0 is low = 0
+            old[f] += old_low[f] <= 0.0
+    for f in figures:
+        assert new[f] / trials >= 0.9, (f, new[f])
+        assert old[f] / trials <= 0.1, (f, old[f])

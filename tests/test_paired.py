@@ -1,5 +1,6 @@
 """Paired bootstrap comparisons: exact agreement with materialised resamples, the gain of pairing,
-resolution of built differences, seed aggregation, and the errors a user can cause."""
+resolution of built differences, seed aggregation, honest intervals (every interval contains its
+estimate; absolute figures from their signed gaps), and the errors a user can cause."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ from llmfair.metrics import (
     bootstrap_ci,
     cluster_ids,
     compare_systems,
+    containing,
     fairness_summary,
+    folded_interval,
     gender_gaps,
     paired_comparison,
     paired_figures,
@@ -29,6 +32,7 @@ from llmfair.metrics import (
     seed_weights,
     speaker_counts,
 )
+from llmfair.metrics.bootstrap import FIGURE_NORMS, absolute_interval
 from llmfair.predictions import Predictions
 
 CLASSES = ("anger", "joy", "neutral", "sadness")
@@ -256,11 +260,24 @@ def test_seed_aggregation_by_hand():
     # one seed: no seed noise, the plain paired bootstrap
     single = compare_systems(figs, {"A": [0], "B1": [1]})
     ref_low, ref_high, _ = percentile_interval(figs.replicates[:, 0, :])
+    checked = set()
     for i, key in enumerate(figs.keys):
         ref = single["systems"]["A"]["figures"][key]
         assert ref["seed_std"] is None
-        if ref["ci_low"] is not None:
-            assert (ref["ci_low"], ref["ci_high"]) == (ref_low[i], ref_high[i])
+        if ref["ci_low"] is None:
+            continue
+        if key in HEADLINE_METRICS:  # a metric: the percentile interval
+            expected = (ref_low[i], ref_high[i])
+        elif key.startswith("gap/"):  # |male − female|: the folded percentile interval of male − female
+            point, reps = figs.components[key]
+            low, high, _ = percentile_interval(reps[:, 0, 0, 0])
+            expected = folded_interval(*containing(low, high, point[0, 0, 0]))
+        else:  # a fairness figure: as in the run's own report
+            point, reps = figs.components[key]
+            expected = absolute_interval(key, point[0], reps[:, 0], 0.95, figs.point[0, i])
+        assert (ref["ci_low"], ref["ci_high"]) == tuple(map(float, expected)), key
+        checked.add(key.split("/")[0])
+    assert checked >= {"accuracy", "gap", *FAIRNESS_FIGURES}
     low, high, _ = percentile_interval(figs.replicates[:, 1, f] - figs.replicates[:, 0, f])
     assert (single["paired"]["B1"]["accuracy"]["ci_low"], single["paired"]["B1"]["accuracy"]["ci_high"]) == (low, high)
 
@@ -381,3 +398,81 @@ def test_speaker_counts_and_uniform_draws_match_the_multinomial():
     theory = 20 * (np.diag(p) - np.outer(p, p))  # Multinomial(S, p) covariance
     for draws in (uni, mult):
         np.testing.assert_allclose(np.cov(draws.T), theory, rtol=0.05, atol=0.03)
+
+
+# ------------------------------------------------------------------------------ honest intervals
+def _runs(t: int) -> list[Predictions]:
+    """A reference table and four variants of it (small tables, few speakers: skewed replicates)."""
+    a = base_table((40, 90, 200)[t % 3], seed=t, speakers=10)
+    return [a] + [variant(a, seed=100 + t * 7 + j, noise=(0.02, 0.2, 0.5)[j % 3], fix=0.05 * (j % 2), source=f"r{j}.csv")
+                  for j in range(4)]
+
+
+def test_every_paired_interval_contains_its_estimate():
+    """Systems of one and of three seeds on random small tables: every system interval contains the
+    system's mean and every Δ interval its Δ. The percentile intervals of the replicates themselves
+    (the old method) exclude the estimate of some absolute figures here."""
+    excluded_before = checked = 0
+    for t in range(8):
+        figs = paired_figures(_runs(t), n_resamples=100, seed=t, unit=("utterance", "speaker")[t % 2])
+        for j, key in enumerate(figs.keys):  # the components give the figures, bit for bit
+            if key in figs.components:
+                point, reps = figs.components[key]
+                norm = FIGURE_NORMS.get(key, FIGURE_NORMS["worst_cell_gap"])
+                np.testing.assert_array_equal(norm(np.abs(point)), figs.point[:, j])
+                np.testing.assert_array_equal(norm(np.abs(reps)), figs.replicates[..., j])
+        out = compare_systems(figs, {"A": [0], "B": [1], "C": [2, 3, 4]})
+        for name, system in out["systems"].items():
+            for key, fig in system["figures"].items():
+                if None not in (fig["mean"], fig["ci_low"], fig["ci_high"]):
+                    checked += 1
+                    assert fig["ci_low"] <= fig["mean"] <= fig["ci_high"], (t, name, key, fig)
+        for name, deltas in out["paired"].items():
+            for key, d in deltas.items():
+                if None not in (d["delta"], d["ci_low"], d["ci_high"]):
+                    checked += 1
+                    assert d["ci_low"] <= d["delta"] <= d["ci_high"], (t, name, key, d)
+                    assert d["resolved"] == (d["ci_low"] > 0 or d["ci_high"] < 0)
+        low, high, _ = percentile_interval(figs.replicates[:, 0, :])
+        excluded_before += int(np.nansum((figs.point[0] < low) | (figs.point[0] > high)))
+    assert checked > 1000 and excluded_before >= 3
+
+
+def test_a_delta_interval_that_excluded_its_delta_is_extended_and_not_resolved():
+    """A found case: B's worst-cell gap is 0.047 above A's, but the paired replicates Δ* = B* − A*
+    (each a max of absolute gaps, biased differently) put 97.5 % of their mass below 0.04."""
+    figs = paired_figures(_runs(13), n_resamples=100, seed=13, unit="speaker")
+    f = figs.keys.index("worst_cell_gap")
+    delta = figs.point[1, f] - figs.point[0, f]
+    low, high, _ = percentile_interval(figs.replicates[:, 1, f] - figs.replicates[:, 0, f])
+    assert high < delta  # the plain percentile interval excludes Δ
+    d = compare_systems(figs, {"A": [0], "B": [1]})["paired"]["B"]["worst_cell_gap"]
+    assert (d["ci_low"], d["ci_high"]) == (float(low), delta) and d["delta"] == delta
+    assert d["resolved"] is False
+
+
+def test_a_seed_averaged_zero_gap_is_covered():
+    """Three seeds whose female and male rows come from one population (every gap is 0 in truth):
+    the system's interval of its mean |gap| reaches 0 in most trials; the percentile interval of the
+    seed-weighted replicate means of |d*| (the old method) lies above 0 in almost all of them."""
+    new = old = 0
+    trials = 20
+    for t in range(trials):
+        a = base_table(240, seed=50 + t, speakers=48, unknown=False)
+        frame = a.frame.copy()
+        rng = np.random.default_rng(t)
+        truth = np.asarray(CLASSES)[a.labels]
+        seeds = []
+        for s in range(3):  # gender-blind predictions: right with probability 0.7 for everyone
+            p = np.where(rng.random(a.n) < 0.7, truth, np.asarray(CLASSES)[rng.integers(0, len(CLASSES), a.n)])
+            seeds.append(_with_probs(frame.assign(prediction=p), f"seed{s}.csv"))
+        figs = paired_figures(seeds, n_resamples=200, seed=t, unit="speaker")
+        out = compare_systems(figs, {"S": [0, 1, 2]})
+        fig = out["systems"]["S"]["figures"]["gap/all/all/accuracy"]
+        assert fig["ci_low"] <= fig["mean"] <= fig["ci_high"]
+        new += fig["ci_low"] == 0.0
+        f = figs.keys.index("gap/all/all/accuracy")
+        w = np.random.default_rng([t, 1]).multinomial(3, np.full(3, 1 / 3), size=200)  # compare_systems' weights
+        naive_low, _, _ = percentile_interval((figs.replicates[:, :, f] * w).sum(axis=1) / 3)
+        old += naive_low <= 0.0
+    assert new / trials >= 0.85 and old / trials <= 0.15, (new, old)

@@ -407,6 +407,70 @@ def test_headline_comparison_shows_the_intervals_of_every_figure(pair):
     assert row.startswith(f"| ERM | {erm['overall']['accuracy']:.3f} [{low:.3f}, {high:.3f}] |")
 
 
+def _headline_rows(text: str) -> dict[str, list[str]]:
+    """The cells of comparison.md's headline table by row label (the first table after its title)."""
+    part = text.split("## Headline figures\n\n", 1)[1].split("\n\n", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in part.splitlines()]
+    return {row[0]: row[1:] for row in rows[2:]} | {"header": rows[0][1:]}
+
+
+def _interval(cell: str) -> tuple[float, float, float]:
+    value, rest = cell.split(" [", 1)
+    low, high = rest.rstrip("]").split(", ")
+    return float(value), float(low), float(high)
+
+
+def test_headline_comparison_shows_paired_intervals_that_contain_their_estimates(paired_report):
+    """The headline table of comparison.md: every run's figures with their intervals (those of its
+    metrics.json), each Δ with its paired interval (that of comparison.json); every interval shown
+    contains its value, the fairness figures' included."""
+    out, _ = paired_report
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    doc = strict_json(out / "comparison.json")
+    rows = _headline_rows(text)
+    figures = rows["header"]
+    assert figures == list(HEADLINE_METRICS) + list(FAIRNESS_FIGURES)
+    for name in ("ERM", "Better", "Noisy"):
+        run = strict_json(out / name / "metrics.json")
+        for figure, cell in zip(figures, rows[name]):
+            block = run["overall"] if figure in HEADLINE_METRICS else run["fairness"]
+            low, high = block["ci"][figure]
+            assert cell == f"{block[figure]:.3f} [{low:.3f}, {high:.3f}]", (name, figure)
+            assert low <= block[figure] <= high
+            value, lo, hi = _interval(cell)
+            assert lo <= value <= hi
+        if name == "ERM":
+            continue
+        for figure, cell in zip(figures, rows[f"Δ {name}"]):
+            d = doc["paired"][name][figure]
+            assert cell == f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", (name, figure)
+            assert d["ci_low"] <= d["delta"] <= d["ci_high"]
+    assert "a Δ row with an interval carries the paired interval" in text
+    assert "every interval contains its estimate (docs/intervals.md)" in text
+    erm = strict_json(out / "ERM" / "metrics.json")
+    assert erm["bootstrap"]["interval_methods"]["gap"] == "folded"
+    assert erm["bootstrap"]["interval_methods"]["worst_cell_gap"] == "folded_box"
+    # every interval of the comparison contains its estimate: the runs' rows and the systems
+    frame = pd.read_csv(out / "comparison.csv")
+    for name in ("ERM", "Better", "Noisy"):
+        ok = frame[f"low_{name}"].notna() & frame[f"value_{name}"].notna()
+        assert ((frame[f"low_{name}"] <= frame[f"value_{name}"]) & (frame[f"value_{name}"] <= frame[f"high_{name}"]))[ok].all()
+        for key, fig in doc["systems"][name]["figures"].items():
+            if None not in (fig["mean"], fig["ci_low"]):
+                assert fig["ci_low"] <= fig["mean"] <= fig["ci_high"], (name, key)
+
+
+def test_seed_systems_keep_plain_deltas_in_the_headline(same_rows, tmp_path):
+    """A run that is one seed of a several-seed system has no paired Δ of its own: its headline Δ
+    row stays the plain difference (the system's paired Δ is in the paired table)."""
+    paths = [same_rows["ERM"], same_rows["Better"], same_rows["Better2"]]
+    result = write_report(paths, tmp_path / "seeds", names=["ERM", "fix-s1", "fix-s2"], systems=["ERM", "Fix", "Fix"],
+                          n_resamples=30, seed=0, plots=False)
+    rows = _headline_rows(result["markdown"])
+    assert all("[" not in cell for cell in rows["Δ fix-s1"]) and all("[" in cell for cell in rows["fix-s1"])
+    assert "whether two runs on the same rows differ is answered by the paired differences below" in result["markdown"]
+
+
 def test_runs_on_different_rows_get_no_paired_block(pair):
     out, result = pair  # ERM and MinMaxGAP were generated with different labels and speakers
     doc = strict_json(out / "comparison.json")

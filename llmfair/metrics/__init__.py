@@ -5,16 +5,24 @@
 - :mod:`~llmfair.metrics.slicing`: :class:`SliceMetrics`, any metric for any grouping of rows.
 - :mod:`~llmfair.metrics.fairness`: gender gaps, RMS TPR/FPR/F1 gaps, DP gaps, ΔSP,
   correction-net figures, gain.
-- :mod:`~llmfair.metrics.bootstrap`: utterance and speaker (cluster) bootstrap intervals and the
-  report's :func:`summary_dict` (with the resolvable difference of every figure).
+- :mod:`~llmfair.metrics.bootstrap`: utterance and speaker (cluster) bootstrap intervals — each
+  containing its estimate; absolute gaps folded from their signed differences
+  (``docs/intervals.md``) — and the report's :func:`summary_dict` (with the resolvable difference
+  of every figure).
 - :mod:`~llmfair.metrics.paired`: paired bootstrap comparisons of systems on the same rows, seeds
   aggregated (:func:`paired_comparison`).
 """
 from llmfair.metrics.bootstrap import (
+    FAIRNESS_INTERVALS,
     UNITS,
     BootstrapResult,
     bootstrap_ci,
     cluster_ids,
+    containing,
+    fairness_components,
+    folded_box_interval,
+    folded_interval,
+    norm_ball_interval,
     percentile_interval,
     resample_statistics,
     resolvable_difference,
@@ -81,7 +89,8 @@ from llmfair.metrics.slicing import (
 )
 
 __all__ = [
-    "BootstrapResult", "DEFAULT_BY", "FAIRNESS_FIGURES", "HEADLINE_FIGURES", "HEADLINE_METRICS",
+    "BootstrapResult", "DEFAULT_BY", "FAIRNESS_FIGURES", "FAIRNESS_INTERVALS", "containing", "fairness_components",
+    "folded_box_interval", "folded_interval", "norm_ball_interval", "HEADLINE_FIGURES", "HEADLINE_METRICS",
     "PAIRED_METHOD", "PER_CLASS_METRICS", "PairedFigures", "SCALAR_METRICS", "SliceMetrics", "UNITS",
     "accuracy", "accuracy_from_confusion", "align_runs", "binarize_labels", "binarize_predictions",
     "bootstrap_ci", "cell_index", "class_counts", "cluster_ids", "compare_systems", "confusion_matrix",

@@ -19,8 +19,20 @@ Then every metric and gap is computed for all R replicates at once by the same f
 the point estimates (:mod:`llmfair.metrics.fairness`).
 
 A replicate in which a cell (or a class's positives) is empty gives NaN for the figures that need
-it; intervals are nan-aware percentiles (``confidence`` 0.95 → 2.5 and 97.5 %) and every interval
+it; intervals are nan-aware (``confidence`` 0.95 → 2.5 and 97.5 % percentiles) and every interval
 reports how many replicates were ``usable``.
+
+Intervals (``docs/intervals.md``). Every reported interval contains its point estimate.
+
+- Metrics, per-gender values and the signed ``male_minus_female``: the percentile interval,
+  extended to the estimate in the rare case it excludes it (:func:`containing`).
+- ``gap`` = |male − female|: the :func:`folded_interval` of the ``male_minus_female`` interval.
+  The percentile interval of the replicates ``|d*|`` is not used: ``|·|`` is biased away from 0
+  under resampling, so near a zero gap it lies above both the estimate and the truth.
+- Fairness figures, each a norm of a vector of signed gaps (:func:`fairness_components`): the RMS
+  and DP figures by :func:`norm_ball_interval` (the bootstrap ball of the signed per-class gaps
+  mapped through the figure), ``worst_cell_gap`` by :func:`folded_box_interval` (a simultaneous
+  max-t box of the signed cell gaps, folded, maximised).
 
 Resolution. Next to its interval every figure of :func:`summary_dict` carries the smallest
 difference this table can resolve: ``resolvable_difference = z_{(1+confidence)/2} · √2 · SE``, SE
@@ -39,7 +51,7 @@ import math
 import warnings
 from statistics import NormalDist
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,6 +63,8 @@ from llmfair.metrics.fairness import (
     FAIRNESS_FIGURES,
     _class_gap_values,
     _gap_values,
+    _nanmax,
+    _rms,
     _summary_values,
     fairness_summary,
     gender_gaps,
@@ -208,15 +222,214 @@ def resample_statistics(
 
 
 def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nan-aware percentile interval over axis 0: (low, high, usable replicates)."""
-    if not 0.0 < confidence < 1.0:
-        raise ConfigError(f"confidence must lie in (0, 1); got {confidence}")
+    """Nan-aware percentile interval over axis 0: (low, high, usable replicates).
+
+    The plain percentile interval of the replicates, as it is; the report's intervals add
+    :func:`containing` (and fold absolute gaps, :func:`folded_interval`).
+    """
+    _check_confidence(confidence)
     values = np.asarray(values, dtype=np.float64)
     alpha = 100.0 * (1.0 - confidence) / 2.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN figures give NaN intervals
         low, high = np.nanpercentile(values, [alpha, 100.0 - alpha], axis=0)
     return low, high, (~np.isnan(values)).sum(axis=0)
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must lie in (0, 1); got {confidence}")
+
+
+def containing(low: np.ndarray, high: np.ndarray, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The interval ``[low, high]`` extended, where needed, to contain ``point``.
+
+    A percentile interval excludes its point estimate only when fewer than (1 − confidence)/2 of
+    the replicates fall on one side of it — a figure whose bootstrap distribution is strongly
+    skewed or median-biased (a ratio such as F1 on a handful of rows). Extending the interval to
+    the estimate only widens it (coverage cannot drop, and a paired Δ is never newly
+    ``resolved`` by it), and every reported interval contains its estimate. NaN bounds (no usable
+    replicate) and NaN points (an undefined figure) are left as they are. ``docs/intervals.md``.
+    """
+    low, high, point = (np.asarray(a, dtype=np.float64) for a in (low, high, point))
+    defined = ~np.isnan(point)
+    low = np.where(defined & ~np.isnan(low), np.fmin(low, point), low)
+    high = np.where(defined & ~np.isnan(high), np.fmax(high, point), high)
+    return low, high
+
+
+def folded_interval(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The interval of ``|d|`` from an interval ``[low, high]`` of the signed ``d``: its image
+    under ``|·|``, ``[0, max(|low|, |high|)]`` when it contains 0, else
+    ``[min(|low|, |high|), max(|low|, |high|)]``.
+
+    Why not the percentile interval of the replicates ``|d*|``: ``|·|`` is not smooth at 0, and
+    ``E|d̂ + e| > |d̂|`` for any noise e, so near a zero gap every replicate ``|d*|`` lies above
+    ``|d̂|`` and the interval excludes both the estimate and the truth (a gap of 0.002 reported
+    with [0.003, 0.234]). The signed difference is a smooth figure whose percentile interval is
+    valid at 0, and ``d ∈ [low, high]`` implies that ``|d|`` lies in the folded interval, so the
+    folded interval has at least the coverage of the signed one and contains ``|d̂|`` whenever ``[low, high]``
+    contains ``d̂`` (:func:`containing`). NaN stays NaN.
+    """
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    a, b = np.abs(low), np.abs(high)
+    with np.errstate(invalid="ignore"):
+        straddles = (low <= 0.0) & (high >= 0.0)
+    lower = np.where(straddles, 0.0, np.minimum(a, b))
+    upper = np.maximum(a, b)
+    missing = np.isnan(low) | np.isnan(high)
+    return np.where(missing, np.nan, lower), np.where(missing, np.nan, upper)
+
+
+# --------------------------------------------------------------------- absolute (norm) figures
+def _per_class(magnitudes: np.ndarray) -> np.ndarray:
+    """``(..., pairs, K) → (..., K)``: the largest gap over group pairs (for two groups, the one)."""
+    return np.max(magnitudes, axis=-2)
+
+
+FIGURE_NORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "tpr_gap_rms": lambda m: _rms(_per_class(m)),
+    "fpr_gap_rms": lambda m: _rms(_per_class(m)),
+    "f1_gap_rms": lambda m: _rms(_per_class(m)),
+    "dp_gap_sum": lambda m: np.sqrt(np.square(_per_class(m)).sum(axis=-1)),
+    "dp_gap_rms": lambda m: np.sqrt(np.square(_per_class(m)).mean(axis=-1)),
+    "worst_cell_gap": lambda m: _nanmax(_per_class(m), axis=-1),
+}
+"""Every fairness figure as a function of the magnitudes ``|d|`` of its signed components
+``(..., pairs, C)`` (:func:`fairness_components`); non-decreasing in every magnitude, and — applied
+to ``|d|`` — a norm of ``d``. Applied to the point's components they give the figure bit for bit."""
+FAIRNESS_INTERVALS: dict[str, str] = {
+    "tpr_gap_rms": "norm_ball", "fpr_gap_rms": "norm_ball", "f1_gap_rms": "norm_ball",
+    "dp_gap_sum": "norm_ball", "dp_gap_rms": "norm_ball", "worst_cell_gap": "folded_box",
+}
+"""How each fairness figure's interval is built (``docs/intervals.md``): ``norm_ball`` —
+:func:`norm_ball_interval`; ``folded_box`` — :func:`folded_box_interval`."""
+GAP_INTERVALS: dict[str, str] = {"female": "percentile", "male": "percentile", "male_minus_female": "percentile",
+                                 "gap": "folded"}
+"""How each figure of a gap row gets its interval: ``gap`` = |male − female| is the
+:func:`folded_interval` of the ``male_minus_female`` interval."""
+
+
+def fairness_components(
+    class_values: dict[str, np.ndarray], gap_values: np.ndarray, worst_metric: int = 0
+) -> dict[str, np.ndarray]:
+    """The signed components of every fairness figure, ``(*batch, pairs, C)`` each.
+
+    ``tpr``/``fpr``/``f1``/``dp`` figures: per class the rate of group j minus that of group i for
+    every group pair i < j (one pair, male − female, for gender); ``worst_cell_gap``: per cell
+    male − female of the worst-cell metric (one "pair" axis of length 1), or the overall
+    difference when there are no cells. ``FIGURE_NORMS[f](np.abs(components[f]))`` is figure f.
+    ``class_values`` and ``gap_values`` are those of
+    :func:`~llmfair.metrics.fairness._class_gap_values` and ``_gap_values``.
+    """
+    def pairwise(rates: np.ndarray) -> np.ndarray:
+        g = rates.shape[-2]
+        return np.stack([rates[..., j, :] - rates[..., i, :] for i in range(g) for j in range(i + 1, g)], axis=-2)
+
+    cells = gap_values[..., :-1, 1, worst_metric] - gap_values[..., :-1, 0, worst_metric]
+    if not cells.shape[-1]:
+        cells = gap_values[..., -1:, 1, worst_metric] - gap_values[..., -1:, 0, worst_metric]
+    rates = {"tpr_gap_rms": "tpr", "fpr_gap_rms": "fpr", "f1_gap_rms": "f1", "dp_gap_sum": "selection_rate",
+             "dp_gap_rms": "selection_rate"}
+    out = {f: pairwise(class_values[r]) for f, r in rates.items()}
+    out["worst_cell_gap"] = cells[..., None, :]
+    return out
+
+
+def _max_t_box(point: np.ndarray, replicates: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Simultaneous box ``d̂_c ± q · s_c`` for J ≥ 2 signed components (``point`` (J,),
+    ``replicates`` (R, J), NaN = undefined in that replicate): s_c the bootstrap SE of component c
+    and q the ``confidence`` quantile of ``max_c |d*_c − d̂_c| / s_c`` — the max-t construction of
+    simultaneous intervals (Westfall & Young 1993; Hothorn et al. 2008), whose coverage is joint
+    over the components. A component whose replicates do not vary is scaled by its largest
+    deviation (1 if none)."""
+    deviation = replicates - point
+    scale = bootstrap_standard_error(replicates)
+    spread = np.fmax.reduce(np.abs(deviation), axis=0)
+    scale = np.where(scale > 0, scale, np.where(spread > 0, spread, 1.0))
+    t = np.fmax.reduce(np.abs(deviation) / scale, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        q = np.nanpercentile(t, 100.0 * confidence)
+    return point - q * scale, point + q * scale
+
+
+def folded_box_interval(
+    point: np.ndarray, replicates: np.ndarray, norm: Callable[[np.ndarray], np.ndarray], confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of ``norm(|d|)`` (non-decreasing in every ``|d_c|``) from a simultaneous box for the
+    signed components d: the box's image under ``norm(|·|)``.
+
+    ``point`` is ``(*batch, pairs, C)``, ``replicates`` ``(R, *batch, pairs, C)`` (NaN: undefined).
+    Per batch entry the box over the components defined at the point is the max-t box of
+    :func:`_max_t_box`, which holds d with ``confidence`` *jointly* — with marginal intervals a
+    figure of several zero gaps would exclude 0 whenever any one of them does. Each side is folded
+    (:func:`folded_interval`); since ``norm`` is non-decreasing in every magnitude, the image of the
+    box is ``[norm(folded lows), norm(folded highs)]``, which contains the point's figure. With one
+    component the box is its percentile interval (extended to the point, :func:`containing`), so
+    the interval is that of a single gap. A component defined at the point without usable
+    replicates makes the interval NaN.
+    """
+    point = np.asarray(point, dtype=np.float64)
+    replicates = np.asarray(replicates, dtype=np.float64)
+    shape = point.shape
+    width = shape[-2] * shape[-1]
+    flat_point = point.reshape(-1, width)
+    flat_reps = replicates.reshape(replicates.shape[0], -1, width)
+    low = np.full(flat_point.shape, np.nan)
+    high = np.full(flat_point.shape, np.nan)
+    incomplete = np.zeros(len(flat_point), dtype=bool)
+    for b in range(len(flat_point)):  # batch entries: one per run
+        x = flat_reps[:, b, :]
+        defined = ~np.isnan(flat_point[b])
+        usable = defined & (~np.isnan(x)).any(axis=0)
+        incomplete[b] = bool((defined & ~usable).any())
+        if usable.sum() == 1:
+            lo, hi, _ = percentile_interval(x[:, usable], confidence)
+            low[b, usable], high[b, usable] = containing(lo, hi, flat_point[b, usable])
+        elif usable.any():
+            low[b, usable], high[b, usable] = _max_t_box(flat_point[b, usable], x[:, usable], confidence)
+    low, high = folded_interval(low, high)
+    lower, upper = norm(low.reshape(shape)), norm(high.reshape(shape))
+    lost = incomplete.reshape(shape[:-2]) | np.isnan(norm(np.abs(point)))
+    return np.where(lost, np.nan, lower), np.where(lost, np.nan, upper)
+
+
+def norm_ball_interval(
+    point: np.ndarray, replicates: np.ndarray, norm: Callable[[np.ndarray], np.ndarray], confidence: float = 0.95,
+    estimate: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of ``N(d) = norm(|d|)``, a norm of the signed components d, from the bootstrap
+    ball ``{d : N(d − d̂) ≤ q}`` with q the ``confidence`` quantile of ``N(d* − d̂)``:
+    ``[max(0, N(d̂) − q), N(d̂) + q]``.
+
+    ``d* − d̂`` is a smooth (centred, signed) quantity whose bootstrap distribution stands in for
+    that of ``d̂ − d`` whatever d is, zero included; by the triangle inequality the ball's image
+    under N is exactly that interval, so its coverage is at least the ball's. Shapes as for
+    :func:`folded_box_interval`; ``estimate`` is N(d̂) when already computed. Components undefined
+    in the point or a replicate are left out of that replicate's ``N(d* − d̂)`` (RMS figures
+    average over the classes defined in both).
+    """
+    point = np.asarray(point, dtype=np.float64)
+    replicates = np.asarray(replicates, dtype=np.float64)
+    theta = norm(np.abs(point)) if estimate is None else np.asarray(estimate, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN deviations give NaN
+        q = np.nanpercentile(norm(np.abs(replicates - point)), 100.0 * confidence, axis=0)
+    lost = np.isnan(q) | np.isnan(theta)
+    return np.where(lost, np.nan, np.maximum(theta - q, 0.0)), np.where(lost, np.nan, theta + q)
+
+
+def absolute_interval(
+    figure: str, point: np.ndarray, replicates: np.ndarray, confidence: float = 0.95,
+    estimate: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The interval of fairness figure ``figure`` by its method in :data:`FAIRNESS_INTERVALS`, from
+    its signed components (:func:`fairness_components`) at the point and on the replicates."""
+    norm = FIGURE_NORMS[figure]
+    if FAIRNESS_INTERVALS[figure] == "norm_ball":
+        return norm_ball_interval(point, replicates, norm, confidence, estimate)
+    return folded_box_interval(point, replicates, norm, confidence)
 
 
 def bootstrap_standard_error(values: np.ndarray) -> np.ndarray:
@@ -235,8 +448,7 @@ def bootstrap_standard_error(values: np.ndarray) -> np.ndarray:
 def resolvable_difference(se: np.ndarray | float, confidence: float = 0.95) -> np.ndarray:
     """``z_{(1+confidence)/2} · √2 · se``: the smallest difference between two independent tables,
     each with standard error ``se``, whose ``confidence`` interval excludes 0 (module docstring)."""
-    if not 0.0 < confidence < 1.0:
-        raise ConfigError(f"confidence must lie in (0, 1); got {confidence}")
+    _check_confidence(confidence)
     return NormalDist().inv_cdf((1.0 + confidence) / 2.0) * math.sqrt(2.0) * np.asarray(se, dtype=np.float64)
 
 
@@ -266,19 +478,48 @@ def _figure_arrays(
     return {
         "overall": overall, "slices": slices, "slice_keys": sliced.keys, "slice_n": sliced.n,
         "gaps": gaps, "gap_keys": gap_keys, "fairness": fairness,
+        "components": fairness_components(class_values, worst_values, 0),
     }
+
+
+def _intervals(point: dict[str, Any], reps: dict[str, Any], confidence: float) -> dict[str, tuple]:
+    """(low, high, usable, se) of every block of :func:`_figure_arrays`, each containing its point.
+
+    Plain figures: the percentile interval, extended to the point where it excludes it
+    (:func:`containing`). Gap rows: ``gap`` is the :func:`folded_interval` of the
+    ``male_minus_female`` interval. Fairness figures: :func:`absolute_interval` from their signed
+    components. ``usable`` and ``se`` are those of the replicate figures themselves.
+    """
+    out = {}
+    for key in ("overall", "slices", "gaps", "fairness"):
+        low, high, usable = percentile_interval(reps[key], confidence)
+        out[key] = [*containing(low, high, point[key]), usable, bootstrap_standard_error(reps[key])]
+    low, high = out["gaps"][:2]
+    gap = GAP_FIGURES.index("gap")
+    signed = GAP_FIGURES.index("male_minus_female")
+    low[..., gap], high[..., gap] = folded_interval(low[..., signed], high[..., signed])
+    low, high = out["fairness"][:2]
+    for i, figure in enumerate(FAIRNESS_FIGURES):
+        low[..., i], high[..., i] = absolute_interval(
+            figure, point["components"][figure], reps["components"][figure], confidence, point["fairness"][..., i]
+        )
+    return {k: tuple(v) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
 class BootstrapResult:
-    """Point estimates and percentile intervals, in long tables.
+    """Point estimates and bootstrap intervals (module docstring: how each is built), in long tables.
 
     Attributes:
         overall: ``metric, estimate, low, high, usable`` over all rows.
         slices: the slice columns, ``n``, then ``metric, estimate, low, high, usable``.
         gaps: the cell columns (``all`` for the overall row), ``metric``, ``figure`` (female,
-            male, male_minus_female, gap), ``estimate, low, high, usable``.
-        fairness: ``figure`` (tpr_gap_rms, ..., worst_cell_gap), ``estimate, low, high, usable``.
+            male, male_minus_female, gap), ``estimate, low, high, usable``; the interval of
+            ``gap`` is the folded interval of ``male_minus_female``.
+        fairness: ``figure`` (tpr_gap_rms, ..., worst_cell_gap), ``estimate, low, high, usable``;
+            intervals by :data:`FAIRNESS_INTERVALS`.
+
+        Every ``[low, high]`` contains ``estimate`` (NaN without usable replicates).
 
         Every table also has ``se``: the bootstrap standard error (nan-aware standard deviation of
         the replicates, ddof = 1; NaN without replicates), the input of
@@ -343,10 +584,7 @@ def bootstrap_ci(
     point = _figure_arrays(SliceMetrics.from_predictions(pred, fine), **options)
     if n_resamples:
         reps = _figure_arrays(resample_statistics(pred, fine, unit=unit, n_resamples=n_resamples, seed=seed), **options)
-        intervals = {
-            k: percentile_interval(reps[k], confidence) + (bootstrap_standard_error(reps[k]),)
-            for k in ("overall", "slices", "gaps", "fairness")
-        }
+        intervals = _intervals(point, reps, confidence)
     else:
         intervals = {
             k: (np.full(point[k].shape, np.nan),) * 2 + (np.zeros(point[k].shape, dtype=np.int64),)
@@ -413,8 +651,12 @@ def summary_dict(
          "fairness": {"tpr_gap_rms", "fpr_gap_rms", "f1_gap_rms", "dp_gap_sum", "dp_gap_rms",
                       "worst_cell_gap", "ci": {figure: [low, high]}, "usable", "resolution": {figure},
                       "worst_cell", "worst_cell_metric", "skipped_classes", "n_unknown_gender"},
-         "bootstrap": {"unit", "n_resamples", "seed", "confidence", "method", "min_usable",
-                       "resolution_z"}}
+         "bootstrap": {"unit", "n_resamples", "seed", "confidence", "method", "interval_methods",
+                       "min_usable", "resolution_z"}}
+
+    ``method`` (``percentile``) is that of the metrics; ``interval_methods`` names the method of
+    every absolute figure (``gap``: ``folded``; fairness figures: :data:`FAIRNESS_INTERVALS`).
+    Every interval contains its estimate (module docstring, ``docs/intervals.md``).
 
     The gap rows with language = modality = ``"all"`` are the overall (all known-gender rows)
     gaps. For multi-label tables ``accuracy`` is the Hamming accuracy.
@@ -472,7 +714,8 @@ def summary_dict(
         "fairness": fairness,
         "bootstrap": {
             "unit": unit, "n_resamples": n_resamples, "seed": seed, "confidence": confidence,
-            "method": "percentile", "min_usable": int(all_usable.min()) if n_resamples else 0,
+            "method": "percentile", "interval_methods": {"gap": GAP_INTERVALS["gap"], **FAIRNESS_INTERVALS},
+            "min_usable": int(all_usable.min()) if n_resamples else 0,
             "resolution_z": NormalDist().inv_cdf((1.0 + confidence) / 2.0) if active else None,
         },
     }

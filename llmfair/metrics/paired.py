@@ -42,15 +42,26 @@ seed per system the seed weights are all one and this is the plain paired bootst
 
 Paired Δ of system B against the reference A: ``delta = mean_B − mean_A``; replicate
 ``Δ* = agg_B* − agg_A*`` on the same resampled rows; a percentile interval of Δ* at
-``confidence``; a two-sided bootstrap p-value ``min(1, 2 · min(P(Δ* ≤ 0), P(Δ* ≥ 0)))`` over the
-usable (non-NaN) replicates (0 when no replicate falls on the other side of 0: read it as
-``p < 2 / usable``); ``resolved`` when the interval excludes 0.
+``confidence``, extended to ``delta`` where it excludes it; a two-sided bootstrap p-value
+``min(1, 2 · min(P(Δ* ≤ 0), P(Δ* ≥ 0)))`` over the usable (non-NaN) replicates (0 when no
+replicate falls on the other side of 0: read it as ``p < 2 / usable``); ``resolved`` when the
+interval excludes 0.
+
+Intervals (``docs/intervals.md``): every reported interval contains its estimate. A system's
+metrics: the percentile interval of its replicates (extended to the mean where it excludes it).
+A system's absolute figures (``gap/...`` and the fairness figures) are built from their *signed*
+components, as in a run's report (:mod:`llmfair.metrics.bootstrap`): with one seed the folded
+(``gap/...``), max-t box (``worst_cell_gap``) or norm-ball (RMS and DP figures) interval; with
+several seeds the mean ± the quantile of a triangle-inequality bound on its error
+(:func:`_seed_bound_interval`). The percentile interval of Δ* of an absolute figure is kept — it
+holds the pairing, and the upward biases of both runs' ``|d*|`` largely cancel — and only extended
+to ``delta`` where they do not (rare); an extension can never make a Δ resolved.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,6 +69,8 @@ from scipy import sparse
 
 from llmfair.errors import ConfigError, DataError
 from llmfair.metrics.bootstrap import (
+    FAIRNESS_INTERVALS,
+    FIGURE_NORMS,
     UNITS,
     _cluster_type_map,
     _figure_arrays,
@@ -67,6 +80,9 @@ from llmfair.metrics.bootstrap import (
     _replicate_statistics,
     _uniform_type_counts,
     cluster_ids,
+    containing,
+    folded_box_interval,
+    norm_ball_interval,
     percentile_interval,
 )
 from llmfair.metrics.fairness import ALL, DEFAULT_CELLS, FAIRNESS_FIGURES, GENDER_PAIR, UNKNOWN
@@ -201,8 +217,11 @@ def speaker_counts(pred: Predictions) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------ figures
-def _figure_table(sm: SliceMetrics) -> tuple[tuple[str, ...], np.ndarray]:
-    """The comparison's figure keys and their values ``(*batch, F)`` from (replicate) statistics."""
+def _figure_table(sm: SliceMetrics) -> tuple[tuple[str, ...], np.ndarray, dict[str, np.ndarray]]:
+    """The comparison's figure keys, their values ``(*batch, F)`` and the signed components
+    ``(*batch, pairs, C)`` of every absolute figure (fairness figures as in
+    :func:`~llmfair.metrics.bootstrap.fairness_components`; a ``gap/...`` figure: its male − female
+    difference, ``(*batch, 1, 1)``) from (replicate) statistics."""
     present = set(sm.keys[_GROUP])
     known = tuple(g for g in GENDER_PAIR if g in present)
     cells = list(DEFAULT_CELLS)
@@ -211,16 +230,37 @@ def _figure_table(sm: SliceMetrics) -> tuple[tuple[str, ...], np.ndarray]:
         arrays = _figure_arrays(sm, **_OPTIONS)
         overall, fairness = arrays["overall"], arrays["fairness"]
         gaps, gap_keys = arrays["gaps"][..., 3], arrays["gap_keys"]  # figure 3 = |male − female|
+        signed = arrays["gaps"][..., 2]  # figure 2 = male − female
+        fair_components = arrays["components"]
     else:  # one gender (or none) known: the metrics are defined, the gaps are not
         overall = np.stack([sm.merge(()).metric(m)[..., 0] for m in HEADLINE_METRICS], axis=-1)
         fairness = np.full(sm.batch_shape + (len(FAIRNESS_FIGURES),), np.nan)
         cell_keys = sm.where(**{_GROUP: known}).merge(DEFAULT_CELLS).keys if known else pd.DataFrame(columns=cells)
         gap_keys = pd.concat([cell_keys, all_row], ignore_index=True)
         gaps = np.full(sm.batch_shape + (len(gap_keys), len(HEADLINE_METRICS)), np.nan)
+        signed = gaps
+        fair_components = {f: np.full(sm.batch_shape + (1, 1), np.nan) for f in FAIRNESS_FIGURES}
     cell_names = ["/".join(str(v) for v in row) for row in gap_keys[cells].itertuples(index=False)]
-    keys = HEADLINE_FIGURES + tuple(f"gap/{cell}/{m}" for cell in cell_names for m in HEADLINE_METRICS)
+    gap_names = tuple(f"gap/{cell}/{m}" for cell in cell_names for m in HEADLINE_METRICS)
+    keys = HEADLINE_FIGURES + gap_names
     values = np.concatenate([overall, fairness, gaps.reshape(sm.batch_shape + (-1,))], axis=-1)
-    return keys, values
+    flat = signed.reshape(sm.batch_shape + (-1,))
+    components = dict(fair_components)
+    components.update({key: flat[..., i, None, None] for i, key in enumerate(gap_names)})
+    return keys, values, components
+
+
+def _figure_norm(key: str) -> Callable[[np.ndarray], np.ndarray]:
+    """An absolute figure as a function of its components' magnitudes (a ``gap/...`` figure: |d|)."""
+    return FIGURE_NORMS.get(key, FIGURE_NORMS["worst_cell_gap"])
+
+
+def _interval_kind(key: str) -> str:
+    """``FAIRNESS_INTERVALS`` for fairness figures, ``folded_box`` for a ``gap/...`` figure (one
+    component: the folded percentile interval), ``percentile`` for the metrics."""
+    if key in FAIRNESS_INTERVALS:
+        return FAIRNESS_INTERVALS[key]
+    return "folded_box" if key.startswith("gap/") else "percentile"
 
 
 @dataclass(frozen=True)
@@ -236,6 +276,9 @@ class PairedFigures:
         unit, seed: how the rows were resampled (``seed`` also seeds the seed weights).
         n_rows, n_clusters: rows per run and resampling units (utterances or speakers).
         speakers: distinct speakers per gender (:func:`speaker_counts`).
+        components: for every absolute figure (fairness figures, ``gap/...``), its signed
+            components at the point ``(M, pairs, C)`` and on the replicates ``(R, M, pairs, C)``,
+            from which its intervals are built (``docs/intervals.md``).
     """
 
     keys: tuple[str, ...]
@@ -247,6 +290,7 @@ class PairedFigures:
     n_rows: int
     n_clusters: int
     speakers: dict[str, int]
+    components: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def n_resamples(self) -> int:
@@ -317,14 +361,15 @@ def paired_figures(
         chunks = _uniform_type_counts(type_of_cluster, num_types, n_resamples, np.random.default_rng(seed))
     reps = _replicate_statistics(type_stats, chunks, n_resamples).reshape(n_resamples, m, len(cell_keys), *shape)
     options = dict(classes=ref.classes, multilabel=ref.multilabel)
-    keys, point = _figure_table(SliceMetrics(cell_keys, point_stats, **options))
-    _, replicates = _figure_table(SliceMetrics(cell_keys, reps, **options))
+    keys, point, point_components = _figure_table(SliceMetrics(cell_keys, point_stats, **options))
+    _, replicates, rep_components = _figure_table(SliceMetrics(cell_keys, reps, **options))
     logger.debug("paired bootstrap: %d runs, %d %s clusters in %d types, %d replicates",
                  m, num_clusters, unit, num_types, n_resamples)
     _warn_undefined(ref, keys, point[0])
     return PairedFigures(
         keys=keys, runs=tuple(str(r.source) for r in runs), point=point, replicates=replicates, unit=unit,
         seed=int(seed), n_rows=ref.n, n_clusters=num_clusters, speakers=speaker_counts(ref),
+        components={k: (point_components[k], rep_components[k]) for k in point_components},
     )
 
 
@@ -367,6 +412,63 @@ def _p_value(deltas: np.ndarray, usable: np.ndarray) -> np.ndarray:
     out = np.full(usable.shape, np.nan)
     np.divide(2.0 * np.minimum(low, high), usable, out=out, where=usable > 0)
     return np.minimum(out, 1.0)
+
+
+def _absolute_interval(
+    key: str, point: np.ndarray, replicates: np.ndarray, confidence: float, estimate: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One run's interval of an absolute figure from its signed components (as in a run's report)."""
+    norm = _figure_norm(key)
+    if _interval_kind(key) == "norm_ball":
+        return norm_ball_interval(point, replicates, norm, confidence, estimate)
+    return folded_box_interval(point, replicates, norm, confidence)
+
+
+def _seed_bound_interval(
+    key: str, point: np.ndarray, replicates: np.ndarray, figures: np.ndarray, weights: np.ndarray,
+    mean: float, confidence: float,
+) -> tuple[float, float]:
+    """Interval of a mean over S ≥ 2 seeds of an absolute figure ``N(d_s)``: ``mean ± q`` (low
+    clipped at 0), q the ``confidence`` quantile of the bound
+
+        B* = Σ_s (w_s / S) · N(d*_s − d̂_s) + |Σ_s (w_s / S) · N(d̂_s) − mean|
+
+    on |mean − truth|: row noise by the triangle inequality per seed (as in
+    :func:`~llmfair.metrics.bootstrap.norm_ball_interval`), seed noise by the resampled seed mean.
+    ``point`` (S, pairs, C), ``replicates`` (R, S, pairs, C), ``figures`` the seeds' N(d̂_s) (S,),
+    ``weights`` the (R, S) seed counts."""
+    s = len(figures)
+    deviation = _figure_norm(key)(np.abs(replicates - point))  # (R, S)
+    rows = (np.where(weights > 0, deviation, 0.0) * weights).sum(axis=1) / s
+    seeds = np.abs((weights * figures).sum(axis=1) / s - mean)
+    bound = rows + seeds
+    if np.isnan(mean) or np.isnan(bound).all():
+        return float("nan"), float("nan")
+    q = float(np.nanpercentile(bound, 100.0 * confidence))
+    return max(mean - q, 0.0), mean + q
+
+
+def _system_intervals(
+    figures: PairedFigures, idx: np.ndarray, weights: np.ndarray, means: np.ndarray, reps: np.ndarray,
+    confidence: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every figure's interval for a system (seeds ``idx``): the metrics by the percentile interval
+    of the seed-weighted replicates (extended to the mean where it excludes it); an absolute figure
+    of a one-seed system as in the run's report (folded or norm-ball interval of its signed
+    components), of several seeds by :func:`_seed_bound_interval`. ``docs/intervals.md``."""
+    low, high, _ = percentile_interval(reps, confidence)
+    low, high = containing(low, high, means)
+    for f, key in enumerate(figures.keys):
+        if _interval_kind(key) == "percentile" or key not in figures.components:
+            continue
+        point, replicates = figures.components[key]
+        if len(idx) == 1:
+            i = int(idx[0])
+            low[f], high[f] = _absolute_interval(key, point[i], replicates[:, i], confidence, figures.point[i, f])
+        else:
+            low[f], high[f] = _seed_bound_interval(key, point[idx], replicates[:, idx], figures.point[idx, f], weights,
+                                                   means[f], confidence)
+    return low, high
 
 
 def compare_systems(
@@ -429,7 +531,7 @@ def compare_systems(
         chosen = figures.replicates[:, idx, :]  # (R, S, F)
         weighted = np.where(w[:, :, None] > 0, chosen, 0.0) * w[:, :, None]  # an undrawn NaN seed is no NaN
         reps[name] = weighted.sum(axis=1) / len(idx)
-        low, high, _ = percentile_interval(reps[name], confidence)
+        low, high = _system_intervals(figures, idx, w, means[name], reps[name], confidence)
         labels = list((run_names or {}).get(name) or [figures.runs[i] for i in idx])
         if len(labels) != len(idx):
             raise ConfigError(f"run_names[{name!r}] has {len(labels)} names for {len(idx)} runs")
@@ -449,6 +551,7 @@ def compare_systems(
         delta = means[name] - means[reference]
         deltas = reps[name] - reps[reference]
         low, high, usable = percentile_interval(deltas, confidence)
+        low, high = containing(low, high, delta)
         p = _p_value(deltas, usable)
         resolved = (low > 0) | (high < 0)  # NaN compares False
         paired[name] = {

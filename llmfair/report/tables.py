@@ -13,7 +13,11 @@ so the tables, the plots and ``metrics.json`` always show the same numbers.
   and its delta against the first run (the reference), with IDI-style relative gains
   (:func:`llmfair.metrics.gain`, METHODS.md §3).
 - :func:`paired_markdown`: the paired bootstrap differences of :func:`llmfair.metrics.paired_comparison`
-  (Δ with its interval and p-value, marked resolved or not).
+  (Δ with its interval and p-value, marked resolved or not); the headline table's Δ rows carry
+  the same paired intervals where a run and the reference are one-seed systems.
+
+Every interval shown contains its estimate; absolute gaps and the fairness figures have intervals
+built from their signed gaps (``docs/intervals.md``).
 
 Every figure of a run's tables also shows its *resolvable difference* (``resolution`` in the
 summary dict, :func:`llmfair.metrics.resolvable_difference`): the smallest difference to another
@@ -201,9 +205,15 @@ def _interval_note(summary: Mapping[str, Any]) -> str:
     boot = summary.get("bootstrap", {})
     if not boot.get("n_resamples"):
         return "No bootstrap intervals (n_resamples = 0)."
-    return (f"Intervals: {100 * float(boot['confidence']):g} % {boot.get('method', 'percentile')} bootstrap, "
+    text = (f"Intervals: {100 * float(boot['confidence']):g} % {boot.get('method', 'percentile')} bootstrap, "
             f"{boot['n_resamples']} resamples of {boot['unit']}s, seed {boot['seed']}; "
             f"fewest usable replicates of any figure: {boot.get('min_usable', 'n/a')}.")
+    if boot.get("interval_methods"):
+        text += (" Absolute gaps and fairness figures get the interval of their signed male − female gaps, folded "
+                 "(|gap|), in a simultaneous max-t box (worst cell) or in a bootstrap norm ball (RMS and DP figures), "
+                 "not the percentile interval of resampled absolute values, which is biased away from 0; every "
+                 "interval contains its estimate (docs/intervals.md).")
+    return text
 
 
 def _resolution_note(summary: Mapping[str, Any]) -> str | None:
@@ -369,6 +379,8 @@ def paired_markdown(paired: Mapping[str, Any]) -> str:
         "interval of Δ holds only the noise in which the systems differ, not the noise they share.",
         f"- Δ = system − {ref} ({conf:g} % percentile interval, two-sided bootstrap p); **resolved**: the interval "
         "excludes 0.",
+        "- A system's absolute gaps and fairness figures get intervals built from its signed male − female gaps, as in "
+        "the runs' reports; every interval contains its estimate (docs/intervals.md).",
     ]
     if any(systems[n]["seeds"] > 1 for n in names):
         lines.append("- A system of several seeds shows the mean over its seeds; its interval resamples the rows and "
@@ -407,6 +419,22 @@ def paired_markdown(paired: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _paired_deltas(
+    paired: Mapping[str, Any] | None, run: str, reference: str, systems: Mapping[str, str] | None
+) -> dict[str, Mapping[str, Any]]:
+    """The paired Δ of every figure of ``run`` against the reference run, when the paired comparison
+    has it: both runs are one-seed systems, the reference run's system being the reference. Else {}."""
+    if paired is None:
+        return {}
+    system = (systems or {}).get(run, run)
+    ref_system = (systems or {}).get(reference, reference)
+    found = paired.get("systems", {})
+    if (ref_system != paired.get("reference") or system == ref_system or system not in paired.get("paired", {})
+            or found.get(system, {}).get("seeds") != 1 or found.get(ref_system, {}).get("seeds") != 1):
+        return {}
+    return {k: d for k, d in paired["paired"][system].items() if not _is_missing(d.get("delta"))}
+
+
 def comparison_markdown(
     summaries: Mapping[str, Mapping[str, Any]],
     frame: pd.DataFrame | None = None,
@@ -417,7 +445,8 @@ def comparison_markdown(
     systems: Mapping[str, str] | None = None,
 ) -> str:
     """``comparison.md``: a headline table in the IDI style (one row per run with intervals, then one
-    Δ row and one gain row per non-reference run), the paired differences (``paired``, from
+    Δ row — with its paired interval where the run and the reference are one-seed systems of
+    ``paired`` — and one gain row per non-reference run), the paired differences (``paired``, from
     :func:`llmfair.metrics.paired_comparison`; else ``paired_note`` says why there are none), then
     per-slice and per-gap values of every run with deltas. ``systems`` maps run → system name
     (shown when given)."""
@@ -443,13 +472,21 @@ def comparison_markdown(
     for name in names:
         rows.append([name] + [format_ci(v, [lo, hi]) for v, lo, hi in
                               zip(head[f"value_{name}"], head[f"low_{name}"], head[f"high_{name}"])])
+    with_paired = False
     for name in names[1:]:
-        rows.append([f"Δ {name}"] + [format_value(v, signed=True) for v in head[f"delta_{name}"]])
+        deltas = _paired_deltas(paired, name, ref, systems)
+        with_paired |= bool(deltas)
+        rows.append([f"Δ {name}"] + [
+            format_ci(deltas[f]["delta"], [deltas[f]["ci_low"], deltas[f]["ci_high"]], signed=True) if f in deltas
+            else format_value(v, signed=True) for f, v in zip(figures, head[f"delta_{name}"])])
         rows.append([f"gain {name}"] + [format_percent(v) for v in head[f"gain_{name}"]])
     lines.append(markdown_table(["run"] + figures, rows, ["l"] + ["r"] * len(figures)))
     lines.append("")
-    lines.append("Intervals of different runs here are independent single-run intervals; whether two runs on the "
-                 "same rows differ is answered by the paired differences below.")
+    lines.append("Intervals of the runs' rows here are independent single-run intervals"
+                 + ("; a Δ row with an interval carries the paired interval of the paired differences below "
+                    "(the runs resampled jointly), the one that says whether two runs on the same rows differ."
+                    if with_paired else
+                    "; whether two runs on the same rows differ is answered by the paired differences below."))
     if paired is not None:
         lines += ["", paired_markdown(paired).rstrip("\n")]
     else:

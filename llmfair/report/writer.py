@@ -20,7 +20,8 @@ per figure: ``delta, ci_low, ci_high, p_value, resolved, usable``), ``"systems"`
 means with intervals), ``"speakers"`` (distinct speakers per gender) and the method fields
 ``reference_system``, ``method``, ``n_rows``, ``n_clusters``, ``figures`` (next to ``unit``,
 ``n_resamples``, ``seed``, ``confidence``, always present; ``reference`` stays the reference *run*)
-— and ``comparison.md`` a "Paired differences vs <reference>" table.
+— and ``comparison.md`` a "Paired differences vs <reference>" table (the headline table's Δ rows
+carry the same paired intervals where a run and the reference are one-seed systems).
 Tables that share a system name (``systems=``) are that system's seeds. When the rows differ, or
 without resamples, there is no paired block (``"paired_skipped"`` says why, and so does
 ``comparison.md``).
