@@ -1,5 +1,7 @@
 """ERM and MinMaxGAP: values and gradients against explicit hand-written formulas, the adaptive
-weights, missing genders, unknown gender, the registry, and 2-rank == 1-rank gradients (gloo)."""
+weights, missing genders, unknown gender, the registry (one implementation for objectives,
+extractors and samplers), and 2-rank == 1-rank gradients (gloo). The contract every objective
+meets is checked in ``test_objective_contract.py``."""
 from __future__ import annotations
 
 import os
@@ -163,7 +165,8 @@ def test_missing_gender_skip_vs_running_estimate() -> None:
     skip = build_objective("minmaxgap", spec, {"weight": "fixed", "missing": "skip"})
     skip(ObjectiveInputs(full_loss, full_ids))
     out = skip(ObjectiveInputs(male_loss, only_male))
-    assert out.figures["max_gap"] == 0.0 and "gap/deu/audio" not in out.figures
+    # no usable cell: no gap is logged (not a measured 0), and the usable-cell count says why
+    assert "max_gap" not in out.figures and "gap/deu/audio" not in out.figures and out.figures["usable_cells"] == 0
     (g,) = torch.autograd.grad(out.loss, male_loss)
     torch.testing.assert_close(g, torch.tensor([0.5, 0.5]))  # ERM only
 
@@ -198,6 +201,27 @@ def test_registry_errors() -> None:
     with pytest.raises(ConfigError, match="registered twice"):
         register_objective("erm")(type("Again", (Objective,), {}))
     assert {"erm", "minmaxgap"} <= set(OBJECTIVES)
+
+
+def test_one_registry_serves_objectives_extractors_and_samplers() -> None:
+    from llmfair._registry import Registry
+    from llmfair.data.sampling import SAMPLERS
+    from llmfair.ssl.extractors import FEATURE_EXTRACTORS
+
+    assert all(isinstance(r, Registry) for r in (OBJECTIVES, SAMPLERS, FEATURE_EXTRACTORS))
+    widgets: Registry[int] = Registry("widget")
+    widgets.register("b", 2)
+    seen = []
+    assert widgets.decorator("a", on_register=lambda name, entry: seen.append(name))(1) == 1
+    assert widgets.names() == ["a", "b"] and dict(widgets) == {"b": 2, "a": 1} and seen == ["a"]
+    with pytest.raises(ConfigError, match="widget 'a' is registered twice"):
+        widgets.decorator("a", on_register=lambda name, entry: seen.append(name))(3)
+    assert seen == ["a"] and widgets["a"] == 1  # a refused registration changes nothing
+    with pytest.raises(ConfigError, match=r"unknown widget 'c'; registered: \['a', 'b'\]"):
+        widgets.lookup("c")
+    with pytest.raises(ConfigError, match="non-empty string"):
+        widgets.register("", 3)
+    assert widgets.unregister("a") == 1 and widgets.names() == ["b"] and widgets.get("a") is None
 
 
 # ---------------------------------------------------------------- data-parallel invariance

@@ -37,4 +37,6 @@ def test_minmaxgap_reports_the_worst_cell_as_an_indicator_per_usable_cell(tmp_pa
     with open(paths[0], newline="") as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["worst_cell"] == "eng/audio" and float(row["max_gap"]) == pytest.approx(0.8)
-    assert paths[1].stat().st_size > 0
+    from llmfair.report.plots import plot_objective_trace
+
+    assert len(paths) == 1 and plot_objective_trace(step_rows([{"step": 1, **figures}]), tmp_path / "t.png").stat().st_size > 0

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmfair.errors import ConfigError
+from llmfair.objectives._groups import gender_codes, majority_class
 from llmfair.objectives.base import (
     CrossRankReducer,
     GroupSpec,
@@ -42,11 +43,9 @@ from llmfair.objectives.base import (
     ObjectiveOutput,
     register_objective,
 )
-from llmfair.objectives.gdro import majority_class
 
 FORMS = ("abs", "square", "gdl")
 GDL_REFERENCES = ("overall", "class")
-_GENDER_CODE = {"female": 0, "male": 1}
 
 
 @dataclass
@@ -81,7 +80,7 @@ class GapRegularisation(Objective):
         if "gender" not in group_spec.keys:
             raise ConfigError(f"gr regularises the female–male loss gap; the GroupSpec has no 'gender' attribute "
                               f"(keys {list(group_spec.keys)})")
-        codes = [_GENDER_CODE.get(str(g), -1) for g in group_spec.column("gender")]
+        codes = gender_codes(group_spec.column("gender"))
         self.register_buffer("gender_of_group", torch.tensor(codes, dtype=torch.long), persistent=False)
         self.by_class = self.options.form == "gdl" and self.options.gdl_reference == "class"
         self.depends_only_on_per_sample_loss = not self.by_class
@@ -141,7 +140,7 @@ class GapRegularisation(Objective):
         local_means = local_cell.view(k, 2) / cell_n.clamp_min(1).to(loss.dtype)
         linear = (coef.to(loss.dtype) * local_means).sum() * self.reducer.world_size
         figures["gr_term"] = term
-        if not self.by_class:
-            figures["gap"] = float(diff[0])
+        if not self.by_class:  # male − female, the sign every other gap in llmfair uses
+            figures["diff"] = -float(diff[0])
         penalty = term + (linear - linear.detach())  # value R, gradient dR
         return ObjectiveOutput(loss=erm + opts.lambda_gr * penalty, figures=figures)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from llmfair.errors import ConfigError
+from llmfair.objectives._groups import gender_codes
 from llmfair.objectives.base import (
     CrossRankReducer,
     GroupSpec,
@@ -45,8 +46,6 @@ from llmfair.objectives.base import (
     ObjectiveOutput,
     register_objective,
 )
-
-_GENDER_CODE = {"female": 0, "male": 1}
 
 
 @dataclass
@@ -95,7 +94,7 @@ class MinMaxGap(Objective):
         cell_index = {c: i for i, c in enumerate(self.cell_names)}
         genders = group_spec.column("gender")
         self.register_buffer("cell_of_group", torch.tensor([cell_index[c] for c in cell_tuples], dtype=torch.long), persistent=False)
-        self.register_buffer("gender_of_group", torch.tensor([_GENDER_CODE.get(g, -1) for g in genders], dtype=torch.long), persistent=False)
+        self.register_buffer("gender_of_group", torch.tensor(gender_codes(genders), dtype=torch.long), persistent=False)
         n_cells = len(self.cell_names)
         self.register_buffer("running_mean", torch.zeros(n_cells, 2, dtype=torch.float64))
         self.register_buffer("running_seen", torch.zeros(n_cells, 2, dtype=torch.bool))
@@ -142,13 +141,17 @@ class MinMaxGap(Objective):
         # a gap needs at least one gender observed in this batch, or there is nothing to train
         usable &= present.any(dim=1)
 
-        figures = {"erm_loss": erm_value}
         diff = estimate[:, 1] - estimate[:, 0]  # male − female
         gaps = diff.abs()
-        usable_list, gaps_list = usable.tolist(), gaps.tolist()  # one host transfer, not one per cell
+        usable_list, gaps_list, diff_list = usable.tolist(), gaps.tolist(), diff.tolist()  # one host transfer
+        # Logged figures are averaged over a logging window: an undefined gap is left out rather than
+        # logged as 0, and the signed diff/<cell> is logged beside the |gap| (whose window average is
+        # biased upward by batch noise: a cell with no true gap still logs a positive mean |gap|).
+        figures = {"erm_loss": erm_value, "usable_cells": float(sum(usable_list))}
         figures.update({f"gap/{self.cell_label(k)}": g for k, (u, g) in enumerate(zip(usable_list, gaps_list)) if u})
+        figures.update({f"diff/{self.cell_label(k)}": d for k, (u, d) in enumerate(zip(usable_list, diff_list)) if u})
         if not any(usable_list):
-            figures.update({"max_gap": 0.0, "lambda": float(self._weight(0.0, erm_value))})
+            figures["lambda"] = float(self._weight(0.0, erm_value))
             return ObjectiveOutput(loss=erm, figures=figures)
 
         masked = torch.where(usable, gaps, torch.full_like(gaps, -torch.inf))
@@ -176,9 +179,10 @@ class MinMaxGap(Objective):
         if opts.weight == "dual" and self.training:
             self.dual_lambda.copy_(torch.clamp(self.dual_lambda + opts.dual_lr * (max_gap - opts.dual_target), 0.0, opts.lambda_max))
         figures.update({"max_gap": max_gap, "lambda": lam})
-        # one indicator per usable cell: averaged over a logging window it is how often that cell was
-        # the worst (an average of cell *indices* would mean nothing)
-        figures.update({f"worst/{self.cell_label(k)}": float(k == worst) for k, u in enumerate(usable_list) if u})
+        # one indicator per cell (0 where the cell was not usable): averaged over a logging window it is
+        # how often that cell was the worst, and the cells' frequencies sum to 1 (an average of cell
+        # *indices* would mean nothing)
+        figures.update({f"worst/{self.cell_label(k)}": float(k == worst) for k in range(len(usable_list))})
         return ObjectiveOutput(loss=erm + lam * surrogate, figures=figures)
 
     def _weight(self, max_gap: float, erm_value: float) -> float:

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from llmfair.errors import ConfigError
+from llmfair.objectives._groups import GroupUnits, majority_class
+from llmfair.objectives._state import adopt_buffer_shapes
 from llmfair.objectives.base import (
     CrossRankReducer,
     GroupSpec,
@@ -43,7 +45,6 @@ from llmfair.objectives.base import (
     TrainingStats,
     register_objective,
 )
-from llmfair.objectives.gdro import GroupUnits, adopt_buffer_shapes, majority_class
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,7 @@ class Reweighting(Objective):
         w_total, weighted_total, loss_total, n_global = self.reducer.sum(packed).tolist()
         denom = w_total if self.options.normalise == "weights" else n_global
         figures = {"erm_loss": loss_total / max(n_global, 1.0), "mean_weight": w_total / max(n_global, 1.0)}
-        if denom <= 0:
-            figures["rw_loss"] = 0.0
+        if denom <= 0:  # no weighted loss this batch: left out of the logged average, not logged as 0
             return ObjectiveOutput(loss=loss.sum() * 0.0, figures=figures)
         figures["rw_loss"] = weighted_total / denom
         return ObjectiveOutput(loss=weighted * (self.reducer.world_size / denom), figures=figures)

@@ -73,9 +73,10 @@ def trace_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def write_trace(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *,
-                tensorboard_dir: str | os.PathLike | None = None, title: str | None = None) -> list[Path]:
-    """Write ``objective_trace.csv`` (+ PNG, + TensorBoard scalars) into ``run_dir``; nothing
-    without rows (an objective that reports no figures)."""
+                tensorboard_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``objective_trace.csv`` (+ TensorBoard scalars) into ``run_dir``; nothing without rows
+    (an objective that reports no figures). The PNG is the report stage's
+    (:func:`llmfair.report.plots.plot_objective_trace`), drawn by the job that runs training."""
     if not rows:
         return []
     run_dir = Path(run_dir)
@@ -87,9 +88,6 @@ def write_trace(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *
         writer.writerow({k: row.get(k, "") for k in columns})
     write_text(run_dir / TRACE_FILE, buffer.getvalue())
     written = [run_dir / TRACE_FILE]
-    from llmfair.report.plots import plot_objective_trace
-
-    written.append(plot_objective_trace(rows, run_dir / TRACE_PLOT, title=title))
     if tensorboard_dir is not None:
         _write_tensorboard(Path(tensorboard_dir), rows)
     return [Path(p) for p in written]
