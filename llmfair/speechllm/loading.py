@@ -31,8 +31,11 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 QUANTIZATIONS = (None, "4bit")
-QLORA_SKIP_MODULES = ["audio_tower", "multi_modal_projector", "lm_head"]
-"""Modules kept in the compute dtype under 4-bit loading (QWEN2AUDIO.md §11)."""
+QLORA_SKIP_MODULES = ["model.audio_tower", "model.multi_modal_projector", "lm_head"]
+"""Modules kept in the compute dtype under 4-bit loading (QWEN2AUDIO.md §11). transformers 5.x
+matches these from the start of a linear's full name (``model.audio_tower.layers.0.fc1``) or as
+its suffix, so the prefixes must be full: a bare ``audio_tower`` matched nothing and left the tower
+quantised (tests/test_bench_scale.py checks the plan with transformers' own matching)."""
 
 _HUB_ID = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
