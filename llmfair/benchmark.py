@@ -214,9 +214,10 @@ def _check_output(out: Path, overwrite: bool) -> None:
     if (out / BENCHMARK_FILE).is_file():
         if not overwrite:
             raise ConfigError(f"{out} already holds a benchmark; pass --overwrite to replace its files")
-    elif not overwrite:
-        raise ConfigError(f"{out} is not empty and holds no {BENCHMARK_FILE}; choose an empty directory "
-                          "(or pass --overwrite: llmfair then writes only its own files there)")
+    else:
+        first = sorted(p.name for p in out.iterdir())[0]
+        raise ConfigError(f"{out} holds files that are not a benchmark's (e.g. {out / first}) and no "
+                          f"{BENCHMARK_FILE}; choose a new or empty directory")
 
 
 def run_benchmark(
@@ -283,6 +284,12 @@ def run_benchmark(
         raise DataError(f"benchmark corpus {root!s} is not a directory (pass --corpus, or set data.root in the recipe)")
     languages = list(languages) if languages else corpus_languages(root)
     examples = load_benchmark_examples(recipe, root, split, languages, modalities)
+    from llmfair.check.preflight import check_examples
+
+    audit = check_examples({split: examples}, source=str(root))  # every header, before any model loads
+    for warning in audit.warnings:
+        logger.warning("%s", warning)
+    audit.raise_if_failed()
     _check_output(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
 

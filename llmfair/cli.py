@@ -111,6 +111,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from llmfair.check import format_report
+    from llmfair.check.preflight import check_recipe
+    from llmfair.training.config import parse_override
+
+    report = check_recipe(args.config, dict(parse_override(s) for s in args.set), run_dir=args.out,
+                          progress=not args.no_progress and sys.stderr.isatty(), use_cache=not args.no_cache)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report), end="\n" if args.json else "")
+    return 0 if report.ok else 1
+
+
 def _csv_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
@@ -273,6 +284,26 @@ def cmd_correct_gender_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- configs
+def cmd_configs(args: argparse.Namespace) -> int:
+    from llmfair import launch_configs
+
+    if args.show:
+        print(launch_configs.read_text(args.show), end="")
+        return 0
+    if args.copy:
+        written = launch_configs.copy_to(args.copy, args.names or None, overwrite=args.overwrite)
+        for path in written:
+            print(path)
+        print(f"{len(written)} launch config(s) in {args.copy}; launch from that folder, e.g. accelerate launch "
+              "--config_file recipes/accelerate/zero2.yaml ...")
+        return 0
+    width = max(len(n) for n in launch_configs.names())
+    for name in launch_configs.names():
+        print(f"{name:<{width}}  {launch_configs.DESCRIPTIONS[name]}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfair", description=__doc__.splitlines()[0])
@@ -338,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     train.set_defaults(func=cmd_train)
 
+    check = sub.add_parser("check", help="check a recipe before paying for it: every value, the data, every audio "
+                                         "header, the plan; nothing is loaded or trained")
+    check.add_argument("config", help="recipe YAML, e.g. recipes/configs/demo_tiny.yaml")
+    check.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a recipe value (YAML syntax); repeatable, as for train")
+    check.add_argument("--out", default=None, help="the run directory the run would use (named in the arguments)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--no-cache", action="store_true", help="read every audio header again (ignore the cache)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check.set_defaults(func=cmd_check)
+
     bench = sub.add_parser("benchmark", help="score base models zero-shot and fine-tuned runs on one corpus split; "
                                              "predictions per system and a paired comparison report")
     bench.add_argument("runs", nargs="*", metavar="RUN",
@@ -396,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--extend", action="store_true",
                        help="speech-LLM sweeps: accept a grid that adds runs to the sweep in --out (nothing else may change)")
     sweep.set_defaults(func=cmd_sweep)
+
+    configs = sub.add_parser("configs", help="the accelerate / DeepSpeed launch configs shipped with llmfair: list, "
+                                             "print or copy them")
+    configs.add_argument("--show", metavar="NAME", default=None, help="print one config (e.g. zero2.yaml)")
+    configs.add_argument("--copy", metavar="DIR", default=None, help="copy configs into DIR at their recipe paths")
+    configs.add_argument("names", nargs="*", metavar="NAME", help="with --copy: only these (default: all)")
+    configs.add_argument("--overwrite", action="store_true", help="with --copy: replace differing files of the same name")
+    configs.set_defaults(func=cmd_configs)
 
     demo = sub.add_parser("demo", help="built-in corpus → tiny Qwen2-Audio with erm and minmaxgap → benchmark with the "
                                        "base model zero-shot, paired differences")

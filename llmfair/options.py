@@ -75,13 +75,21 @@ _EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "
 
 
 def _check_scalar_types(cls: type, values: Mapping[str, Any], source: str) -> None:
-    """A value of the wrong type for a scalar field (``int``, ``float``, ``bool``, ``str``, or one of
-    them optional) raises ConfigError naming the key, the value and what is expected; an integer
+    """Raise ConfigError with the first of :func:`scalar_type_problems`."""
+    problems = scalar_type_problems(cls, values, source)
+    if problems:
+        raise ConfigError(problems[0])
+
+
+def scalar_type_problems(cls: type, values: Mapping[str, Any], source: str) -> list[str]:
+    """One message per value of the wrong type for a scalar field (``int``, ``float``, ``bool``,
+    ``str``, or one of them optional), naming the key, the value and what is expected; an integer
     is a valid float, a bool is not a number. Other annotations are left to the dataclass."""
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # noqa: BLE001 - unresolvable annotations (third-party classes): nothing to check
-        return
+        return []
+    problems = []
     for key, value in values.items():
         tp, optional = _base_type(hints.get(key))
         if tp not in _EXPECTED or (value is None and optional):
@@ -93,8 +101,8 @@ def _check_scalar_types(cls: type, values: Mapping[str, Any], source: str) -> No
         else:
             ok = isinstance(value, tp)
         if not ok:
-            raise ConfigError(f"{source}: {key}={value!r}; expected {_EXPECTED[tp]}"
-                              + (" or null" if optional else ""))
+            problems.append(f"{source}: {key}={value!r}; expected {_EXPECTED[tp]}" + (" or null" if optional else ""))
+    return problems
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:

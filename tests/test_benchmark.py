@@ -17,7 +17,7 @@ from llmfair.errors import ConfigError
 from llmfair.predictions import read_predictions
 from llmfair.speechllm.run import build_classifier, parse_seeds, predict_examples, train, train_seeds
 from llmfair.training.config import RunConfig
-from tests.test_speechllm_run import corpus, llmfair_cache, recipe  # noqa: F401  (fixtures)
+from tests.test_speechllm_run import corpus, recipe  # noqa: F401  (fixtures)
 
 torch.set_num_threads(1)
 
@@ -119,7 +119,7 @@ def test_bad_inputs_are_refused_before_loading(llmfair_cache, corpus, finished_r
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not empty and holds no benchmark.json"):
+    with pytest.raises(ConfigError, match=r"holds files that are not a benchmark.s \(e.g. .*notes.txt\) and no benchmark.json"):
         run_benchmark(["tiny"], [], foreign, corpus=corpus, progress=False)
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
     # a split with one gender only: a warning, and the gaps are undefined rather than an error

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmfair.errors import ConfigError
+from llmfair.errors import ConfigError, DataError
 from llmfair.predictions import read_predictions
 from llmfair.training.config import RunConfig
 
@@ -112,6 +112,7 @@ def test_refusals(trained_run: Path, tmp_path: Path) -> None:
         export_run(tmp_path, tmp_path / "out")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
-    with pytest.raises(ConfigError, match="not empty; pass --overwrite"):
-        export_run(trained_run, tmp_path / "busy")
+    for overwrite in (False, True):  # a user's file is never replaced: --overwrite does not help
+        with pytest.raises(DataError, match=r"holds files llmfair did not write \(.*keep.txt\)"):
+            export_run(trained_run, tmp_path / "busy", overwrite=overwrite)
     assert (tmp_path / "busy" / "keep.txt").read_text() == "x"

@@ -30,7 +30,6 @@ from llmfair.predictions import read_predictions
 from llmfair.speechllm.classifier import SpeechLLMClassifier
 from llmfair.speechllm.collator import SpeechLLMCollator
 from llmfair.speechllm.run import build_classifier, predict_examples, train
-from llmfair.speechllm.tiny import tiny_model_path
 from llmfair.training import TrainingDivergedError
 from llmfair.training.config import RunConfig, parse_override
 
@@ -47,17 +46,6 @@ torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="session")
-def llmfair_cache(tmp_path_factory) -> Path:
-    """One LLMFAIR_CACHE (tiny model + encoder cache) for the whole session, not the user's home."""
-    cache = tmp_path_factory.getbasetemp() / "llmfair-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMFAIR_CACHE", str(cache))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        tiny_model_path()
-        yield cache
-
-
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.getbasetemp() / "synth-corpus"

@@ -26,7 +26,6 @@ from tests.test_speechllm_run import (  # noqa: F401  (fixtures)
     adapter_weights,
     corpus,
     launch_two_processes,
-    llmfair_cache,
     recipe,
     write_recipe,
 )

@@ -16,7 +16,7 @@ from sklearn.metrics import f1_score
 from llmfair.cli import main as cli_main
 from llmfair.errors import ConfigError
 from llmfair.speechllm import sweep as speech_sweep
-from tests.test_speechllm_run import corpus, llmfair_cache, recipe  # noqa: F401  (fixtures)
+from tests.test_speechllm_run import corpus, recipe  # noqa: F401  (fixtures)
 
 torch.set_num_threads(1)
 

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from llmfair._atomic import RECORD_FILE
 from llmfair.data.synth import (
     EMOTION_SENTENCES,
     NEUTRAL_CONTENT_SENTENCES,
@@ -54,9 +55,10 @@ KEY = ["season", "episode", "English_begin_time", "English_end_time"]
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under root, computed here (not taken from corpus.json)."""
+    """sha256 of every corpus file under root, computed here (not taken from corpus.json); the
+    record of written files (the same list for every seed) is left out."""
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != RECORD_FILE}
 
 
 def read_rows(root: Path) -> pd.DataFrame:
@@ -436,9 +438,17 @@ def test_existing_different_corpus_is_refused_then_replaced_with_overwrite(corpu
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="holds no llmfair corpus"):
-        generate_corpus(other, SynthConfig(**SMALL))
-    assert (other / "notes.txt").read_text() == "mine"
+    for overwrite in (False, True):  # a user's file is never replaced, and --overwrite is not the advice
+        with pytest.raises(DataError, match=r"holds files llmfair did not write \(.*notes.txt\); llmfair never "
+                                            r"replaces them: choose a new or empty directory") as err:
+            generate_corpus(other, SynthConfig(**SMALL), overwrite=overwrite)
+        assert "--overwrite" not in str(err.value)
+        assert (other / "notes.txt").read_text() == "mine"
+
+    (copy / "notes.txt").write_text("mine")  # a user's file beside an llmfair corpus stops a replacement too
+    with pytest.raises(DataError, match="notes.txt"):
+        generate_corpus(copy, SynthConfig(seed=1, utterances_per_pair=12), overwrite=True)
+    assert (copy / "notes.txt").read_text() == "mine"
 
 
 def test_failure_mid_generation_leaves_nothing_behind(monkeypatch, corpus, tmp_path):

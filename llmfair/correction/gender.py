@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from llmfair._atomic import atomic_directory, atomic_path, write_json
+from llmfair._atomic import atomic_directory, atomic_path, check_replaceable, write_json
 from llmfair.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -247,8 +247,7 @@ def train_gender_model(
 
     options = options or GenderModelOptions()
     corpus, out_dir = Path(corpus), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise DataError(f"{out_dir} exists; pass --overwrite (overwrite=True) to replace it")
+    check_replaceable(out_dir, what="gender model", overwrite=overwrite)
     if not corpus.is_dir():
         raise DataError(f"corpus directory not found: {corpus}")
     languages = ["eng"] + [code for pair, (code, _) in PAIRS.items() if (corpus / pair).is_dir()]
@@ -272,7 +271,7 @@ def train_gender_model(
     probs = classifier.predict_proba(features)
     summary: dict[str, Any] = {"options": asdict(options), "corpus": str(corpus), "train_rows": int(train.sum()),
                                "splits": {}}
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, command="correct gender-model") as tmp:
         for name in splits:
             rows = np.flatnonzero(known & (split == name))
             excluded = int(((split == name) & ~known).sum())

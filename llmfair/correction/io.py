@@ -56,7 +56,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from llmfair._atomic import atomic_directory, atomic_path, write_json, write_text
+from llmfair._atomic import atomic_directory, atomic_path, check_replaceable, write_json, write_text
 from llmfair.correction.network import (
     MODEL_KINDS,
     CorrectionModel,
@@ -456,8 +456,7 @@ def fit_correction(
     if kind not in MODEL_KINDS:
         raise ConfigError(f"unknown correction model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise DataError(f"{out_dir} exists; pass --overwrite (overwrite=True) to replace it")
+    check_replaceable(out_dir, what="correction model", overwrite=overwrite)
     emotion, gender = read_predictions(emotion_path), read_predictions(gender_path)
     check_no_test_rows(emotion, gender)
     data = join_tables(emotion, gender)
@@ -486,7 +485,7 @@ def fit_correction(
         "train": {k: v for k, v in train_summary.items() if k != "validation_history"},
         "provenance": {"python": platform.python_version(), "packages": _versions()},
     }
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, command="correct fit") as tmp:
         save_correction_model(model, tmp, config)
         fit_rows = data.emotion.frame[["id", "modality", "split"]]
         with atomic_path(tmp / FIT_ROWS_FILE) as path:
@@ -523,8 +522,7 @@ def apply_correction(
     from llmfair.predictions import write_predictions
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise DataError(f"{out_dir} exists; pass --overwrite (overwrite=True) to replace it")
+    check_replaceable(out_dir, what="corrected output", overwrite=overwrite)
     model, config = load_correction_model(model_dir)
     fit_ids = _fit_ids(model_dir)
     emotion, gender = read_predictions(emotion_path), read_predictions(gender_path)
@@ -555,7 +553,7 @@ def apply_correction(
     extra = {c: frame[c].to_numpy() for c in frame.columns if c not in standard and c != CORRECTED_COLUMN}
     extra[CORRECTED_COLUMN] = corrected
     gender_table = _gender_table(data, gender_after, str(out_dir / GENDER_OUTPUT))
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, command="correct apply") as tmp:
         write_predictions(tmp / EMOTION_OUTPUT, ids=frame["id"], split=frame["split"], language=frame["language"],
                           modality=frame["modality"], gender=frame["gender"], speaker=frame["speaker"],
                           classes=emotion.classes, probs=probs, labels=emotion.labels, predictions=predictions,

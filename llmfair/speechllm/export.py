@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmfair._atomic import atomic_directory, write_json, write_text
+from llmfair._atomic import atomic_directory, check_replaceable, write_json, write_text
 from llmfair.errors import ConfigError
 from llmfair.training.config import RunConfig
 
@@ -74,7 +74,7 @@ def _model_card(config: RunConfig, manifest: dict[str, Any], summary: dict[str, 
               + (" …" if len(manifest.get("lora_target_modules", [])) > 6 else ""),
               f"- training: `{json.dumps(config.training)}`",
               f"- steps: {manifest.get('global_steps')}, seed {manifest.get('seed')}, git {manifest.get('git_commit')}",
-              f"- versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("packages", {}).items() if v), "",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("packages", {}).items() if v), "",
               "## Usage", "", "```python",
               "from transformers import Qwen2AudioForConditionalGeneration", "from peft import PeftModel"]
     if config.model.name_or_path == "tiny":
@@ -105,8 +105,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
     if not (run_dir / CONFIG_FILE).is_file() or not all((adapter / f).is_file() for f in ADAPTER_FILES):
         raise ConfigError(f"{run_dir} is not a finished llmfair run (needs {CONFIG_FILE} and {ADAPTER_DIR}/ with "
                           f"{', '.join(ADAPTER_FILES)})")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    check_replaceable(out_dir, what="export", overwrite=overwrite)
     config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
     if merge and config.model.quantization:
         raise ConfigError("cannot merge a QLoRA adapter into 4-bit weights; export the adapter and merge it onto a "
@@ -131,7 +130,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
 
         summary = summary_dict(read_predictions(predictions), n_resamples=n_resamples)
 
-    with atomic_directory(out_dir, overwrite=True) as tmp:
+    with atomic_directory(out_dir, overwrite=True, command="export") as tmp:
         for name in ADAPTER_FILES:
             shutil.copy2(adapter / name, tmp / name)
         if merge:

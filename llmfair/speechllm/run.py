@@ -24,9 +24,19 @@ import yaml
 from llmfair._atomic import write_text
 from llmfair.data.example import Example
 from llmfair.data.labels import MELD
-from llmfair.errors import ConfigError, DataError
-from llmfair.objectives import GroupSpec, TrainingStats, build_objective
+from llmfair.data.grouping import GroupSpec, TrainingStats
+from llmfair.errors import ConfigError
+from llmfair.objectives import build_objective
+from llmfair.speechllm.predicting import predict_probs
 from llmfair.training.config import RunConfig
+from llmfair.training.run_inputs import (  # noqa: F401  (the run's inputs; re-exported for callers of run)
+    corpus_generation,
+    load_examples,
+    prepare_corpus,
+    read_examples,
+    synth_config,
+    training_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,39 +45,16 @@ ADAPTER_DIR = "adapter"
 
 
 # ------------------------------------------------------------------------------------ data
-def load_examples(config: RunConfig) -> dict[str, list[Example]]:
-    """The run's splits as Examples (generating the built-in corpus first when asked)."""
-    from llmfair.data.meld_st import read_meld_st
+def preflight(config: RunConfig, run_dir: str | Path | None = None, *, splits: Sequence[str] | None = None,
+              training: bool = True) -> None:
+    """The checks of ``llmfair check`` (:func:`llmfair.check.check_run`) before a model loads: raise
+    :class:`~llmfair.check.CheckFailed` listing every problem; log the warnings."""
+    from llmfair.check import check_run
 
-    data = config.data
-    if not data.root:
-        raise ConfigError(f"{config.source} [data]: 'root' (the MELD-ST directory) is required")
-    if data.synth_seed is not None:
-        from llmfair.data.synth import SynthConfig, generate_corpus
-        from llmfair.options import dataclass_from_mapping
-
-        synth = dataclass_from_mapping(SynthConfig, {**data.synth_options, "seed": data.synth_seed},
-                                       source=f"{config.source} [data.synth_options]")
-        generate_corpus(data.root, synth)
-    splits = list(dict.fromkeys([data.train_split, data.eval_split, data.predict_split]))
-    examples = read_meld_st(data.root, splits=splits, languages=data.languages, modalities=data.modalities,
-                            path_template=data.path_template, gender_table=data.gender_table)
-    by_split = {s: [e for e in examples if e.split == s] for s in splits}
-    imbalance = data.imbalance()
-    if imbalance is not None:
-        before = len(by_split[data.train_split])
-        by_split[data.train_split] = imbalance.apply(by_split[data.train_split])
-        logger.info("train imbalance 1:%g in %s: %d of %d train rows kept", imbalance.ratio, imbalance.language,
-                    len(by_split[data.train_split]), before)
-    if data.max_train_examples is not None and len(by_split[data.train_split]) > data.max_train_examples:
-        rng = np.random.default_rng(int(config.training.get("seed", 42)))
-        keep = np.sort(rng.choice(len(by_split[data.train_split]), data.max_train_examples, replace=False))
-        by_split[data.train_split] = [by_split[data.train_split][i] for i in keep]
-    for split, rows in by_split.items():
-        if not rows:
-            raise DataError(f"split {split!r} of {data.root} is empty for languages {data.languages} "
-                            f"and modalities {data.modalities}")
-    return by_split
+    report = check_run(config, run_dir=run_dir, splits=splits, training=training)
+    for warning in report.warnings:
+        logger.warning("%s", warning)
+    report.raise_if_failed()
 
 
 def to_records(examples: Sequence[Example], spec: GroupSpec, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -121,31 +108,6 @@ def build_classifier(config: RunConfig, *, adapter: str | Path | None = None, tr
     classifier = SpeechLLMClassifier(model, verbalizer, answer_loss=answer_loss, encoder_cache=cache)
     collator = SpeechLLMCollator(processor, template, verbalizer, answer_loss=answer_loss)
     return classifier, processor, collator, targets
-
-
-def _training_arguments(config: RunConfig, run_dir: Path):
-    from llmfair.options import dataclass_from_mapping
-    from llmfair.training import FairTrainingArguments
-
-    defaults = {
-        "output_dir": str(run_dir / "checkpoints"),
-        "report_to": ["tensorboard"], "ddp_find_unused_parameters": False, "save_strategy": "epoch",
-        "save_total_limit": 2, "logging_steps": 10, "remove_unused_columns": False,
-        "use_cpu": not torch.cuda.is_available(), "dataloader_num_workers": 0,
-    }
-    values = {**defaults, **config.training}
-    for key in ("output_dir",):
-        if key in config.training:
-            raise ConfigError(f"{config.source} [training]: {key!r} is set by llmfair from the run directory")
-    deepspeed = values.pop("deepspeed", None)
-    args = dataclass_from_mapping(FairTrainingArguments, values, source=f"{config.source} [training]")
-    if deepspeed:
-        # DeepSpeed's own parser rejects "auto": fill the Trainer-owned values from these arguments
-        from llmfair.training.deepspeed import deepspeed_config_for
-
-        values["deepspeed"] = deepspeed_config_for(deepspeed, args)
-        args = dataclass_from_mapping(FairTrainingArguments, values, source=f"{config.source} [training]")
-    return args
 
 
 def _zero_stage(config: RunConfig) -> int | None:
@@ -215,13 +177,15 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
         raise ConfigError(f"{config.source} [selection]: selection.criterion={selection.criterion!r} needs the whole "
                           "model on every rank, but DeepSpeed ZeRO-3 shards the parameters; use ZeRO-2 or "
                           "criterion 'last'")
+    prepare_corpus(config)
+    preflight(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = config.to_dict()
     resolved["objective"]["options"] = config.objective.resolved_options()  # defaults filled: the run says what it ran
     write_text(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     started = time.time()
 
-    splits = load_examples(config)
+    splits = read_examples(config)
     train_examples = splits[config.data.train_split]
     keys = list(config.objective.group_keys)
     all_examples = [e for rows in splits.values() for e in rows]
@@ -231,7 +195,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
     stats = TrainingStats.from_arrays(group_ids, np.array([e.emotion for e in train_examples]),
                                       spec.num_groups, MELD.num_classes)
 
-    args = _training_arguments(config, run_dir)
+    args = training_arguments(config, run_dir)
     torch.manual_seed(args.seed)
     classifier, processor, collator, targets = build_classifier(config)
     objective = build_objective(config.objective.name, spec, config.objective.options,
@@ -268,11 +232,14 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
     train_seconds = time.time() - started
     if not trainer.is_world_process_zero():
         return {"global_steps": result.global_step, "predictions": {}}
-    from llmfair.training.trace import write_trace
+    from llmfair.report.plots import plot_objective_trace
+    from llmfair.training.trace import TRACE_PLOT, write_trace
 
     tensorboard = "tensorboard" in (args.report_to or [])  # beside the Trainer's own event files
-    write_trace(run_dir, trainer.trace_rows(), tensorboard_dir=Path(args.output_dir) / "runs" / "objective_trace"
-                if tensorboard else None, title=f"{objective.name}: objective per optimiser step")
+    trace_rows = trainer.trace_rows()
+    if write_trace(run_dir, trace_rows, tensorboard_dir=Path(args.output_dir) / "runs" / "objective_trace"
+                   if tensorboard else None):
+        plot_objective_trace(trace_rows, run_dir / TRACE_PLOT, title=f"{objective.name}: objective per optimiser step")
 
     chosen = selector.summary() if selector is not None else {"criterion": "last", "step": result.global_step}
     if selector is not None and chosen["step"] is not None:
@@ -307,40 +274,6 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
 
 
 # ------------------------------------------------------------------------------------ predict
-@torch.no_grad()
-def predict_probs(classifier, collator, examples: Sequence[Example], *, batch_size: int = 8, objective=None,
-                  progress: bool = False, desc: str = "predicting") -> np.ndarray:
-    """(n, K) float64 class probabilities of ``examples`` (softmax of the predicting logits, rows
-    renormalised to sum to 1); the classifier's train/eval mode is restored afterwards.
-
-    ``objective`` supplies the predicting logits (``Objective.predict_logits``); ``progress``
-    shows a tqdm bar over the batches (``desc`` labels it).
-    """
-    from tqdm.auto import tqdm
-
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1; got {batch_size}")
-    was_training = classifier.training
-    classifier.eval()
-    records = [{"audio": e.audio, "text": e.text, "language": e.language, "modality": e.modality,
-                "emotion": e.emotion} for e in examples]
-    probs = []
-    device = next(classifier.parameters()).device
-    starts = range(0, len(records), batch_size)
-    try:
-        for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
-            batch = collator(records[start:start + batch_size])
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            outputs = classifier(**batch)
-            logits = objective.predict_logits(outputs) if objective is not None else outputs["logits"]
-            probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-    finally:
-        classifier.train(was_training)
-    probs_array = np.concatenate(probs).astype(np.float64)
-    probs_array /= probs_array.sum(axis=1, keepdims=True)
-    return probs_array
-
-
 def predict_examples(classifier, collator, examples: Sequence[Example], out_path: str | Path, *,
                      batch_size: int = 8, objective=None, progress: bool = False, desc: str = "predicting") -> Path:
     """Score ``examples`` (:func:`predict_probs`) and write the predictions table."""
@@ -394,7 +327,8 @@ def predict(run_dir: str | Path, split: str = "test", out: str | Path | None = N
     original = (config.data.train_split, config.data.eval_split, config.data.predict_split)
     config.data.train_split = config.data.eval_split = config.data.predict_split = split
     try:
-        examples = load_examples(config)[split]
+        preflight(config, splits=[split], training=False)
+        examples = read_examples(config)[split]
     finally:
         config.data.train_split, config.data.eval_split, config.data.predict_split = original
     classifier, _, collator, _ = build_classifier(config, adapter=run_dir / ADAPTER_DIR, trainable=False)

@@ -1,7 +1,7 @@
 """Model selection on the dev split for speech-LLM runs (the recipe's ``selection:`` section).
 
 :class:`DevSelectionCallback` scores the dev split after every epoch with the current weights
-(the scoring path of :func:`llmfair.speechllm.run.predict_probs`), appends the figures of
+(the scoring path of :func:`llmfair.speechllm.predicting.predict_probs`), appends the figures of
 :func:`dev_figures` to a history, and keeps the trainable state (LoRA, projector, the objective's
 state) of the evaluation that :func:`llmfair.training.selection.select_evaluation` ranks first.
 At the end of training that state is loaded back, so the adapter ``train()`` saves, its
@@ -250,7 +250,7 @@ class DevSelectionCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.history and self.history[-1]["step"] == state.global_step:
             return  # a resume at an epoch's end: that evaluation is in the history already
-        from llmfair.speechllm.run import predict_probs
+        from llmfair.speechllm.predicting import predict_probs
 
         probs = predict_probs(self.classifier, self.collator, self.examples, batch_size=self.batch_size,
                               objective=self.objective, desc="dev selection")

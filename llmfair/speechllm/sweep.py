@@ -234,9 +234,9 @@ def plan_runs(config: SpeechSweepConfig, shard: tuple[int, int] = (0, 1), *,
         ConfigError: a bad recipe, override, objective, option key or value (naming it), an
             imbalance that is not a mapping, two objectives giving one system, or zero runs.
     """
-    from llmfair.sweep import _check_shard
+    from llmfair.sweep.plan import check_shard
 
-    i, n = _check_shard(shard)
+    i, n = check_shard(shard)
     recipe_path = Path(config.recipe)
     if not recipe_path.is_file():
         raise ConfigError(f"{config.source}: recipe {config.recipe!r} is not a file")
@@ -273,9 +273,9 @@ def plan_runs(config: SpeechSweepConfig, shard: tuple[int, int] = (0, 1), *,
                     except ConfigError as exc:
                         raise ConfigError(f"{exc} (options {options})") from None
                     if check_training:  # the Trainer's arguments too, before any model loads
-                        from llmfair.speechllm.run import _training_arguments
+                        from llmfair.training.run_inputs import training_arguments
 
-                        _training_arguments(run_config, Path(config.out or ".") / RUNS_DIR / "plan-check")
+                        training_arguments(run_config, Path(config.out or ".") / RUNS_DIR / "plan-check")
                     recipe = run_config.to_dict()
                     recipe["objective"]["options"] = run_config.objective.resolved_options()
                     run_id = f"{system}-{label}-s{seed}"
@@ -369,6 +369,22 @@ class SpeechSweepSummary:
     results: dict[str, Any] = field(default_factory=dict)
 
 
+def _preflight_runs(config: SpeechSweepConfig, runs) -> None:
+    """``llmfair check`` of the shard's runs before any model loads: once per distinct model, data
+    and training section (the objective's options were validated with the plan)."""
+    from llmfair.speechllm.run import preflight, prepare_corpus
+
+    seen = set()
+    for run in runs:
+        key = json.dumps({k: run.recipe.get(k) for k in ("model", "data", "training")}, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        recipe = RunConfig.from_mapping(run.recipe, source=f"{config.source}: {run.run_id}")
+        prepare_corpus(recipe)
+        preflight(recipe)
+
+
 def run_sweep(config: SpeechSweepConfig, out: str | os.PathLike | None = None, shard: tuple[int, int] = (0, 1), *,
               collect: bool = True, progress: bool = True, extend: bool = False) -> SpeechSweepSummary:
     """Train the shard's unfinished runs (finished ones are skipped), then collect the front.
@@ -388,6 +404,7 @@ def run_sweep(config: SpeechSweepConfig, out: str | os.PathLike | None = None, s
     full = plan_runs(config)
     _check_plan(config, full, out, extend=extend)
     runs = full[shard[0]::shard[1]]
+    _preflight_runs(config, runs)
     started = time.perf_counter()
     ran, skipped, seconds = [], [], {}
     with tqdm(runs, desc=f"speech-LLM sweep shard {shard[0]}/{shard[1]}", unit="run", disable=not progress) as bar:

@@ -22,7 +22,7 @@ import logging
 import os
 from pathlib import Path
 
-from llmfair._atomic import atomic_directory, write_json
+from llmfair._atomic import atomic_directory, files_under, write_json
 from llmfair.data.labels import CREMA_D, LANGUAGES, MELD, MODALITIES
 from llmfair.errors import ConfigError
 
@@ -194,7 +194,9 @@ def tiny_model_path(cache_dir: str | os.PathLike | None = None, *, seed: int = 0
     if is_complete(path):
         return path
     try:
-        with atomic_directory(path, overwrite=path.exists()) as tmp:
+        # everything under llmfair's own cache folder is llmfair's
+        with atomic_directory(path, overwrite=path.exists(), command="tiny model",
+                              owned=files_under(path) if path.is_dir() else ()) as tmp:
             build_tiny_model(tmp, seed=seed, window_seconds=window_seconds)
     except FileExistsError:
         # Another process finished the same build first; its result is identical.

@@ -16,6 +16,7 @@ import yaml
 from llmfair.data.labels import LANGUAGES, MODALITIES
 from llmfair.errors import ConfigError
 from llmfair.options import dataclass_from_mapping
+from llmfair.training.recipe_schema import RecipeError, recipe_problems
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -66,7 +67,7 @@ class DataSection:
             self.imbalance()  # validates keys and values at load time
         bad = [x for x in self.languages if x not in LANGUAGES] + [x for x in self.modalities if x not in MODALITIES]
         if bad:
-            raise ConfigError(f"data: unknown language/modality {bad}; languages {list(LANGUAGES)}, modalities {list(MODALITIES)}")
+            raise ConfigError(f"unknown language/modality {bad}; languages {list(LANGUAGES)}, modalities {list(MODALITIES)}")
 
     def imbalance(self):
         """The :class:`~llmfair.data.imbalance.GenderImbalance` of ``train_imbalance`` (None without one)."""
@@ -137,15 +138,18 @@ class RunConfig:
         known = [*SECTIONS, *FREE_SECTIONS, SELECTION_SECTION]
         unknown = sorted(k for k in values if k not in known)
         if unknown:
-            raise ConfigError(f"{source}: unknown section(s) {unknown}; known: {sorted(known)}")
+            raise RecipeError([f"{source}: unknown section(s) {unknown}; known: {sorted(known)}"])
+        problems = recipe_problems(values, source, SECTIONS)
+        if values.get(SELECTION_SECTION) is not None:
+            try:
+                _selection_options(values[SELECTION_SECTION], source)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise RecipeError(problems)
         kwargs: dict[str, Any] = {"source": source}
         for name, section in SECTIONS.items():
-            where = f"{source} [{name}]"
-            try:
-                kwargs[name] = dataclass_from_mapping(section, values.get(name) or {}, source=where)
-            except ConfigError as exc:  # a section's own value checks name the file too
-                text = str(exc)
-                raise ConfigError(text if text.startswith(source) else f"{where}: {text}") from None
+            kwargs[name] = dataclass_from_mapping(section, values.get(name) or {}, source=f"{source} [{name}]")
         for name in FREE_SECTIONS:
             if name in values and values[name] is not None:
                 kwargs[name] = values[name]

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from llmfair.speechllm.run import _training_arguments, train
+from llmfair.speechllm.run import train
+from llmfair.training.run_inputs import training_arguments
 from llmfair.training.config import RunConfig, parse_override
 from llmfair.training.trainer import shutdown_distributed
 
 recipe, out = sys.argv[1], Path(sys.argv[2])
 config = RunConfig.from_yaml(recipe, dict(parse_override(s) for s in sys.argv[3:]))
-args = _training_arguments(config, out)  # the arguments train() builds; this sets up the process group
+args = training_arguments(config, out)  # the arguments train() builds; this sets up the process group
 assert args.world_size == 2, f"expected 2 processes, got world_size={args.world_size}"
 assert torch.distributed.is_initialized() and torch.distributed.get_world_size() == 2
 world = {"world_size": torch.distributed.get_world_size(), "backend": torch.distributed.get_backend(),

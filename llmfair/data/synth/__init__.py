@@ -14,6 +14,8 @@ from llmfair.data.synth.corpus import (
     SourceUtterance,
     Speaker,
     SynthConfig,
+    CorpusState,
+    corpus_state,
     generate_corpus,
     make_speakers,
     parse_emotion_priors,
@@ -37,7 +39,7 @@ from llmfair.data.synth.sentences import (
 )
 
 __all__ = [
-    "CorpusPlan", "EMOTION_SENTENCES", "ESPEAK_SAMPLE_RATE", "EspeakUnavailableError", "FORMANT_SHIFT_RANGE",
+    "CorpusPlan", "CorpusState", "corpus_state", "EMOTION_SENTENCES", "ESPEAK_SAMPLE_RATE", "EspeakUnavailableError", "FORMANT_SHIFT_RANGE",
     "FORMAT_VERSION",
     "GENERATOR", "MAX_CLIP_SECONDS", "MELD_LIKE_PRIORS", "NEUTRAL_CONTENT_SENTENCES", "PROSODY", "Prosody",
     "SENTIMENT", "SentenceTriple", "SourceUtterance", "Speaker", "SynthConfig", "VOICE_VARIANTS",

@@ -75,7 +75,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from llmfair._atomic import atomic_directory
+from llmfair._atomic import atomic_directory, check_replaceable
 from llmfair.data.audio import TARGET_SAMPLE_RATE, resample
 from llmfair.data.imbalance import IDI_MAJORITY_GENDER, subsample_indices
 from llmfair.data.labels import MELD
@@ -903,6 +903,49 @@ def _difference(manifest: dict[str, Any], config: SynthConfig) -> list[str]:
     return diff
 
 
+@dataclass(frozen=True)
+class CorpusState:
+    """What a folder holds with respect to the corpus a config would generate.
+
+    ``kind``: ``absent`` (missing or empty), ``current`` (this config's corpus, every file present),
+    ``incomplete`` (this config's corpus with files missing), ``different`` (another config's
+    corpus), ``foreign`` (files the generator did not write; ``detail`` names one). ``owned``: the
+    files in the folder that the generator wrote (its manifest's list).
+    """
+
+    kind: str
+    detail: str = ""
+    manifest: Optional[dict[str, Any]] = None
+    owned: tuple[str, ...] = ()
+
+
+def corpus_state(out_dir: str | Path, config: SynthConfig) -> CorpusState:
+    """Classify ``out_dir`` for ``config`` without writing anything (see :class:`CorpusState`)."""
+    from llmfair._atomic import foreign_files
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a directory; choose another output directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return CorpusState("absent")
+    manifest = read_manifest(out)
+    owned = tuple([MANIFEST_FILE, *(manifest.get("files", {}) if manifest else {})])
+    foreign = foreign_files(out, owned)
+    if manifest is None or foreign:
+        first = foreign[0] if foreign else next(iter(sorted(p.name for p in out.iterdir())))
+        return CorpusState("foreign", f"holds files the built-in corpus generator did not write (e.g. {out / first})",
+                           manifest, owned)
+    diff = _difference(manifest, config)
+    if diff:
+        more = " (and more)" if len(diff) > 4 else ""
+        return CorpusState("different", f"holds a built-in corpus with {'; '.join(diff[:4])}{more}", manifest, owned)
+    missing = [rel for rel in manifest.get("files", {}) if not (out / rel).is_file()]
+    if missing:
+        return CorpusState("incomplete", f"holds this corpus but {len(missing)} of its files are missing "
+                                         f"(e.g. {missing[0]})", manifest, owned)
+    return CorpusState("current", "", manifest, owned)
+
+
 def generate_corpus(
     out_dir: str | Path, config: SynthConfig | None = None, *, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -929,31 +972,17 @@ def generate_corpus(
     """
     config = SynthConfig() if config is None else replace(config)  # replace() re-validates a copy
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a directory; choose another output directory")
-    if out.is_dir() and any(out.iterdir()):
-        manifest = read_manifest(out)
-        if manifest is None:
-            if not overwrite:
-                raise DataError(f"{out} is not empty and holds no llmfair corpus (no {MANIFEST_FILE} from "
-                                f"{GENERATOR}); pass overwrite=True (--overwrite) to replace its content")
-        else:
-            diff = _difference(manifest, config)
-            if not diff:
-                missing = [rel for rel in manifest.get("files", {}) if not (out / rel).is_file()]
-                if not missing:
-                    logger.info("built-in corpus in %s is already up to date (seed %d)", out, config.seed)
-                    return manifest
-                if not overwrite:
-                    raise DataError(f"{out} holds this corpus but {len(missing)} of its files are missing "
-                                    f"(e.g. {missing[0]}); pass overwrite=True (--overwrite) to regenerate it")
-            elif not overwrite:
-                more = " (and more)" if len(diff) > 4 else ""
-                raise DataError(f"{out} holds a corpus with {'; '.join(diff[:4])}{more}; "
-                                "pass overwrite=True (--overwrite) to replace it")
+    state = corpus_state(out, config)
+    if state.kind == "current":
+        logger.info("built-in corpus in %s is already up to date (seed %d)", out, config.seed)
+        return state.manifest
+    check_replaceable(out, what="corpus", overwrite=True, owned=state.owned)  # a foreign file: refused
+    if state.kind in ("incomplete", "different") and not overwrite:
+        raise DataError(f"{out} {state.detail}; pass overwrite=True (--overwrite) to "
+                        f"{'regenerate' if state.kind == 'incomplete' else 'replace'} it")
     _espeak.espeak_paths()  # fail before planning when eSpeak NG is missing
     started = time.perf_counter()
-    with atomic_directory(out, overwrite=out.exists()) as tmp:
+    with atomic_directory(out, overwrite=out.exists(), command="data synth", owned=state.owned) as tmp:
         manifest = _build(tmp, config)
     logger.info("built-in corpus (seed %d, %d audio files) written to %s in %.1f s",
                 config.seed, manifest["counts"]["audio_files"], out, time.perf_counter() - started)
