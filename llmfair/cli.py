@@ -305,11 +305,8 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmfair", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_data_commands(sub) -> None:
+    """``data synth|stats|imbalance``."""
     data = sub.add_parser("data", help="corpora: build the built-in corpus, statistics, imbalance splits")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
@@ -340,6 +337,50 @@ def build_parser() -> argparse.ArgumentParser:
     imb.add_argument("--json", action="store_true", help='print {"train": {"angry": {"female": n, "male": n}, ...}, ...}')
     imb.set_defaults(func=cmd_data_imbalance)
 
+
+def _add_run_commands(sub) -> None:
+    """``check``, ``train``, ``predict``, ``export``: one speech-LLM run."""
+    check = sub.add_parser("check", help="check a recipe before paying for it: every value, the data, every audio "
+                                         "header, the plan; nothing is loaded or trained")
+    check.add_argument("config", help="recipe YAML, e.g. recipes/configs/demo_tiny.yaml")
+    check.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a recipe value (YAML syntax); repeatable, as for train")
+    check.add_argument("--out", default=None, help="the run directory the run would use (named in the arguments)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--no-cache", action="store_true", help="read every audio header again (ignore the cache)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check.set_defaults(func=cmd_check)
+
+    train = sub.add_parser("train", help="LoRA-tune a speech LLM with an objective (recipe YAML)")
+    train.add_argument("config", help="recipe YAML, e.g. recipes/configs/demo_tiny.yaml")
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a recipe value (YAML syntax); repeatable")
+    train.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                       help="training seed(s); several train one run per seed into OUT/seed-<s>/ (same corpus, "
+                            "listed in OUT/seeds.json) for reports that separate seed noise from row noise")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    train.set_defaults(func=cmd_train)
+
+    predict = sub.add_parser("predict", help="write the predictions table of a finished run")
+    predict.add_argument("run_dir", help="a run directory written by `llmfair train`")
+    predict.add_argument("--split", default="test", help="train, dev or test (default test)")
+    predict.add_argument("--out", default=None, help="CSV path (default RUN_DIR/predictions_SPLIT.csv)")
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="publish a run: peft adapter, optional merged checkpoint, model card")
+    export.add_argument("run_dir", help="a run directory written by `llmfair train`")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--merge", action="store_true", help="also write the adapter merged into the base weights")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the card's results")
+    export.set_defaults(func=cmd_export)
+
+
+def _add_evaluation_commands(sub) -> None:
+    """``report`` and ``benchmark``: predictions tables to figures."""
     report = sub.add_parser(
         "report", help="metrics.json, Markdown/CSV tables and plots from predictions tables; several files are compared"
     )
@@ -356,29 +397,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bootstrap unit (default utterance; speaker = cluster bootstrap)")
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     report.set_defaults(func=cmd_report)
-
-    train = sub.add_parser("train", help="LoRA-tune a speech LLM with an objective (recipe YAML)")
-    train.add_argument("config", help="recipe YAML, e.g. recipes/configs/demo_tiny.yaml")
-    train.add_argument("--out", required=True, help="run directory")
-    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a recipe value (YAML syntax); repeatable")
-    train.add_argument("--seeds", default=None, metavar="S1,S2,...",
-                       help="training seed(s); several train one run per seed into OUT/seed-<s>/ (same corpus, "
-                            "listed in OUT/seeds.json) for reports that separate seed noise from row noise")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    train.set_defaults(func=cmd_train)
-
-    check = sub.add_parser("check", help="check a recipe before paying for it: every value, the data, every audio "
-                                         "header, the plan; nothing is loaded or trained")
-    check.add_argument("config", help="recipe YAML, e.g. recipes/configs/demo_tiny.yaml")
-    check.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a recipe value (YAML syntax); repeatable, as for train")
-    check.add_argument("--out", default=None, help="the run directory the run would use (named in the arguments)")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.add_argument("--no-cache", action="store_true", help="read every audio header again (ignore the cache)")
-    check.add_argument("--no-progress", action="store_true", help="no progress bar")
-    check.set_defaults(func=cmd_check)
 
     bench = sub.add_parser("benchmark", help="score base models zero-shot and fine-tuned runs on one corpus split; "
                                              "predictions per system and a paired comparison report")
@@ -409,21 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overwrite", action="store_true", help="replace the files of an earlier benchmark in --out")
     bench.set_defaults(func=cmd_benchmark)
 
-    predict = sub.add_parser("predict", help="write the predictions table of a finished run")
-    predict.add_argument("run_dir", help="a run directory written by `llmfair train`")
-    predict.add_argument("--split", default="test", help="train, dev or test (default test)")
-    predict.add_argument("--out", default=None, help="CSV path (default RUN_DIR/predictions_SPLIT.csv)")
-    predict.add_argument("--batch-size", type=int, default=8)
-    predict.set_defaults(func=cmd_predict)
 
-    export = sub.add_parser("export", help="publish a run: peft adapter, optional merged checkpoint, model card")
-    export.add_argument("run_dir", help="a run directory written by `llmfair train`")
-    export.add_argument("--out", required=True, help="output directory")
-    export.add_argument("--merge", action="store_true", help="also write the adapter merged into the base weights")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    export.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the card's results")
-    export.set_defaults(func=cmd_export)
-
+def _add_study_commands(sub) -> None:
+    """``sweep``, ``demo`` and ``configs``: grids, the demo, the launch configs."""
     sweep = sub.add_parser("sweep", help="methods × imbalance ratios × folds × seeds (× K) on cached features, "
                                           "resumable; IDI-format results table and plots")
     sweep.add_argument("config", help="sweep YAML: a feature sweep (corpus, labels_dir, features, methods, ratios, folds, "
@@ -439,14 +445,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speech-LLM sweeps: accept a grid that adds runs to the sweep in --out (nothing else may change)")
     sweep.set_defaults(func=cmd_sweep)
 
-    configs = sub.add_parser("configs", help="the accelerate / DeepSpeed launch configs shipped with llmfair: list, "
-                                             "print or copy them")
-    configs.add_argument("--show", metavar="NAME", default=None, help="print one config (e.g. zero2.yaml)")
-    configs.add_argument("--copy", metavar="DIR", default=None, help="copy configs into DIR at their recipe paths")
-    configs.add_argument("names", nargs="*", metavar="NAME", help="with --copy: only these (default: all)")
-    configs.add_argument("--overwrite", action="store_true", help="with --copy: replace differing files of the same name")
-    configs.set_defaults(func=cmd_configs)
-
     demo = sub.add_parser("demo", help="built-in corpus → tiny Qwen2-Audio with erm and minmaxgap → benchmark with the "
                                        "base model zero-shot, paired differences")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
@@ -458,6 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples in the report")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+
+    configs = sub.add_parser("configs", help="the accelerate / DeepSpeed launch configs shipped with llmfair: list, "
+                                             "print or copy them")
+    configs.add_argument("--show", metavar="NAME", default=None, help="print one config (e.g. zero2.yaml)")
+    configs.add_argument("--copy", metavar="DIR", default=None, help="copy configs into DIR at their recipe paths")
+    configs.add_argument("names", nargs="*", metavar="NAME", help="with --copy: only these (default: all)")
+    configs.add_argument("--overwrite", action="store_true", help="with --copy: replace differing files of the same name")
+    configs.set_defaults(func=cmd_configs)
+
+
+def _add_correction_commands(sub) -> None:
+    """``correct gender-model|fit|apply``: the post-hoc correction net."""
+    from llmfair.options import add_dataclass_arguments
 
     correct = sub.add_parser("correct", help="post-hoc cross-modal correction net (emotion x speaker gender)")
     correct_sub = correct.add_subparsers(dest="correct_command", required=True, metavar="CORRECT_COMMAND")
@@ -489,6 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     capply.add_argument("--out", required=True, help="output directory")
     capply.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     capply.set_defaults(func=cmd_correct_apply)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmfair", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_data_commands, _add_run_commands, _add_evaluation_commands, _add_study_commands,
+                _add_correction_commands):
+        add(sub)
     return parser
 
 
