@@ -288,6 +288,91 @@ class _StepBuffers:
         self.grad_a1 = torch.empty(size, hidden_units, device=device)
 
 
+@dataclass
+class _PackedData:
+    """The fitting rows as tensors: inputs with a ones column (it multiplies the bias rows), padded
+    one-hot targets (n, 2K) with emotion in [0, K) and gender in [K, K+2), and the held-out rows."""
+
+    x_aug: torch.Tensor
+    y: torch.Tensor
+    x: torch.Tensor
+    e: torch.Tensor
+    g: torch.Tensor
+    validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+
+def _packed_data(inputs: np.ndarray, emotion_targets: np.ndarray, gender_targets: np.ndarray, holdout: np.ndarray,
+                 k: int, device: torch.device) -> _PackedData:
+    train_rows = np.flatnonzero(~holdout)
+    x_all = torch.from_numpy(inputs).to(device)
+    e_all = torch.from_numpy(emotion_targets).to(device)
+    g_all = torch.from_numpy(gender_targets).to(device)
+    x_tr, e_tr, g_tr = (t[torch.from_numpy(train_rows).to(device)] for t in (x_all, e_all, g_all))
+    n = x_tr.shape[0]
+    x_aug = torch.cat([x_tr, torch.ones(n, 1, device=device)], dim=1)
+    y_tr = torch.zeros(n, 2 * k, dtype=torch.float32, device=device)
+    rows = torch.arange(n, device=device)
+    y_tr[rows, e_tr] = 1.0
+    y_tr[rows, k + g_tr] = 1.0
+    validation = None
+    if holdout.any():
+        val_rows = torch.from_numpy(np.flatnonzero(holdout)).to(device)
+        validation = (x_all[val_rows], e_all[val_rows], g_all[val_rows])
+    return _PackedData(x_aug, y_tr, x_tr, e_tr, g_tr, validation)
+
+
+class _PackedAdam:
+    """torch.optim.Adam's update on the one flat parameter tensor, rewritten as
+    m / (sqrt(v) + eps·√bc2) · lr·√bc2 / bc1 with preallocated buffers."""
+
+    def __init__(self, flat: torch.Tensor, lr: float, device: torch.device) -> None:
+        self.flat, self.lr, self.step = flat, lr, 0
+        self.exp_avg, self.exp_avg_sq, self.denom = (torch.zeros_like(flat) for _ in range(3))
+        self.beta2_t = torch.tensor(ADAM_BETAS[1], device=device)
+        self.one_t = torch.tensor(1.0, device=device)
+
+    def update(self, grads: torch.Tensor) -> None:
+        beta1, beta2 = ADAM_BETAS
+        self.step += 1
+        bias1 = 1.0 - beta1 ** self.step
+        bias2_sqrt = math.sqrt(1.0 - beta2 ** self.step)
+        self.exp_avg.lerp_(grads, 1.0 - beta1)
+        self.exp_avg_sq.mul_(self.beta2_t).addcmul_(grads, grads, value=1.0 - beta2)
+        torch.sqrt(self.exp_avg_sq, out=self.denom)
+        self.denom.add_(self.one_t, alpha=ADAM_EPS * bias2_sqrt)
+        self.flat.addcdiv_(self.exp_avg, self.denom, value=-self.lr * bias2_sqrt / bias1)
+
+
+def _forward_backward(x, xt, y, m1, m2, c, buf, weights, transposed, grad_views, keep_t) -> None:
+    """One batch's forward pass and its gradients, written into ``grad_views`` (no autograd)."""
+    w1, w2, w3 = weights
+    w2t, w3t = transposed
+    gw1, gw2, gw3 = grad_views
+    h1, h2, z = buf.h1, buf.h2, buf.z
+    # forward: ReLU, then dropout (masks hold 0 or 1/(1-p))
+    torch.mm(x, w1, out=h1).relu_()
+    if m1 is not None:
+        h1.mul_(m1)
+    torch.mm(buf.h1_aug, w2, out=h2).relu_()
+    if m2 is not None:
+        h2.mul_(m2)
+    torch.mm(buf.h2_aug, w3, out=buf.logits)
+    z.sub_(z.amax(2, keepdim=True)).exp_()
+    # d(CE_e + CE_g)/dz = softmax − one-hot per head, times 1/B (and 1/2 for "mean")
+    z.div_(z.sum(2, keepdim=True))
+    grad_z = buf.logits.sub_(y).mul_(c)
+    torch.mm(buf.h2_aug_t, grad_z, out=gw3)
+    # h ≥ 0, so sign(h) is 1 exactly where the ReLU passed and dropout kept the unit
+    grad_a2 = torch.mm(grad_z, w3t, out=buf.grad_a2).mul_(h2.sign_())
+    if keep_t is not None:
+        grad_a2.mul_(keep_t)
+    torch.mm(buf.h1_aug_t, grad_a2, out=gw2)
+    grad_a1 = torch.mm(grad_a2, w2t, out=buf.grad_a1).mul_(h1.sign_())
+    if keep_t is not None:
+        grad_a1.mul_(keep_t)
+    torch.mm(xt, grad_a1, out=gw1)
+
+
 def _train_packed(
     model: CorrectionModel,
     inputs: np.ndarray,
@@ -304,51 +389,28 @@ def _train_packed(
     packed = PackedMLP(model, device)
     w1, w2, w3 = packed.params
     grads = torch.zeros_like(packed.flat)
-    gw1, gw2, gw3 = packed.views(grads)
-    exp_avg, exp_avg_sq, denom = torch.zeros_like(grads), torch.zeros_like(grads), torch.zeros_like(grads)
-    w2t, w3t = w2[:-1].t(), w3[:-1].t()  # weights without their bias rows, for the backward pass
-    grad_mask = packed.grad_mask
-    beta1, beta2 = ADAM_BETAS
-    beta2_t = torch.tensor(beta2, device=device)
-    one_t = torch.tensor(1.0, device=device)
-    lr = float(options.lr)
+    grad_views = packed.views(grads)
+    adam = _PackedAdam(packed.flat, float(options.lr), device)
+    transposed = (w2[:-1].t(), w3[:-1].t())  # weights without their bias rows, for the backward pass
     dropout = float(options.dropout)
     keep_t = torch.tensor(1.0 / (1.0 - dropout), device=device) if dropout > 0 else None
     scale = 1.0 if options.loss == "sum" else 0.5
     batch = int(options.batch_size)
     hidden_units = packed.hidden_units
-
-    train_rows = np.flatnonzero(~holdout)
-    x_all = torch.from_numpy(inputs).to(device)
-    e_all = torch.from_numpy(emotion_targets).to(device)
-    g_all = torch.from_numpy(gender_targets).to(device)
-    x_tr, e_tr, g_tr = (t[torch.from_numpy(train_rows).to(device)] for t in (x_all, e_all, g_all))
-    n = x_tr.shape[0]
-    x_aug = torch.cat([x_tr, torch.ones(n, 1, device=device)], dim=1)  # the ones column multiplies the bias row
-    # padded one-hot targets (n, 2K): emotion in columns [0, K), gender in [K, K+2)
-    y_tr = torch.zeros(n, 2 * k, dtype=torch.float32, device=device)
-    rows = torch.arange(n, device=device)
-    y_tr[rows, e_tr] = 1.0
-    y_tr[rows, k + g_tr] = 1.0
-    validating = bool(holdout.any())
-    if validating:
-        val_rows = torch.from_numpy(np.flatnonzero(holdout)).to(device)
-        x_va, e_va, g_va = x_all[val_rows], e_all[val_rows], g_all[val_rows]
+    data = _packed_data(inputs, emotion_targets, gender_targets, holdout, k, device)
+    n, d = data.x_aug.shape
 
     full, rest = divmod(n, batch)
     sizes = [batch] * full + ([rest] if rest else [])
     scales = {size: torch.tensor(scale / size, device=device) for size in set(sizes)}
-    batch_scales = [scales[size] for size in sizes]
     buffers = {size: _StepBuffers(size, hidden_units, k, device) for size in set(sizes)}
-    batch_buffers = [buffers[size] for size in sizes]
+    batch_scales, batch_buffers = [scales[size] for size in sizes], [buffers[size] for size in sizes]
     generator = torch.Generator(device=device).manual_seed(int(options.seed))
-    d = x_aug.shape[1]
 
     def chunks(t: torch.Tensor) -> list[torch.Tensor]:
         head = list(t[: full * batch].view(full, batch, *t.shape[1:]).unbind(0)) if full else []
         return head + ([t[full * batch:]] if rest else [])
 
-    step = 0
     best_loss, best_epoch, best_flat, since_best = math.inf, 0, None, 0
     history: list[float] = []
     started = time.perf_counter()
@@ -356,50 +418,19 @@ def _train_packed(
     bar = tqdm(total=options.epochs, desc=f"correction net ({model.kind})", unit="epoch", disable=not progress)
     for epoch in range(1, options.epochs + 1):
         perm, m1_all, m2_all = epoch_plan(generator, n, hidden_units, dropout, device)
-        x_ep, y_ep = x_aug.index_select(0, perm), y_tr.index_select(0, perm)
-        xs, ys = chunks(x_ep), chunks(y_ep)
+        x_ep, y_ep = data.x_aug.index_select(0, perm), data.y.index_select(0, perm)
         xts = ([*x_ep[: full * batch].view(full, batch, d).transpose(1, 2).unbind(0)] if full else []) + (
             [x_ep[full * batch:].t()] if rest else [])
         m1s = chunks(m1_all) if m1_all is not None else [None] * len(sizes)
         m2s = chunks(m2_all) if m2_all is not None else [None] * len(sizes)
-        for x, xt, y, m1, m2, c, buf in zip(xs, xts, ys, m1s, m2s, batch_scales, batch_buffers):
-            h1, h2, z = buf.h1, buf.h2, buf.z
-            # forward: ReLU, then dropout (masks hold 0 or 1/(1-p))
-            torch.mm(x, w1, out=h1).relu_()
-            if m1 is not None:
-                h1.mul_(m1)
-            torch.mm(buf.h1_aug, w2, out=h2).relu_()
-            if m2 is not None:
-                h2.mul_(m2)
-            torch.mm(buf.h2_aug, w3, out=buf.logits)
-            z.sub_(z.amax(2, keepdim=True)).exp_()
-            # d(CE_e + CE_g)/dz = softmax − one-hot per head, times 1/B (and 1/2 for "mean")
-            z.div_(z.sum(2, keepdim=True))
-            grad_z = buf.logits.sub_(y).mul_(c)
-            torch.mm(buf.h2_aug_t, grad_z, out=gw3)
-            # h ≥ 0, so sign(h) is 1 exactly where the ReLU passed and dropout kept the unit
-            grad_a2 = torch.mm(grad_z, w3t, out=buf.grad_a2).mul_(h2.sign_())
-            if keep_t is not None:
-                grad_a2.mul_(keep_t)
-            torch.mm(buf.h1_aug_t, grad_a2, out=gw2)
-            grad_a1 = torch.mm(grad_a2, w2t, out=buf.grad_a1).mul_(h1.sign_())
-            if keep_t is not None:
-                grad_a1.mul_(keep_t)
-            torch.mm(xt, grad_a1, out=gw1)
-            if grad_mask is not None:
-                grads.mul_(grad_mask)
-            # Adam (torch.optim.Adam's update, rewritten as m / (sqrt(v) + eps·√bc2) · lr·√bc2 / bc1)
-            step += 1
-            bias1 = 1.0 - beta1 ** step
-            bias2_sqrt = math.sqrt(1.0 - beta2 ** step)
-            exp_avg.lerp_(grads, 1.0 - beta1)
-            exp_avg_sq.mul_(beta2_t).addcmul_(grads, grads, value=1.0 - beta2)
-            torch.sqrt(exp_avg_sq, out=denom)
-            denom.add_(one_t, alpha=ADAM_EPS * bias2_sqrt)
-            packed.flat.addcdiv_(exp_avg, denom, value=-lr * bias2_sqrt / bias1)
+        for x, xt, y, m1, m2, c, buf in zip(chunks(x_ep), xts, chunks(y_ep), m1s, m2s, batch_scales, batch_buffers):
+            _forward_backward(x, xt, y, m1, m2, c, buf, (w1, w2, w3), transposed, grad_views, keep_t)
+            if packed.grad_mask is not None:
+                grads.mul_(packed.grad_mask)
+            adam.update(grads)
         bar.update(1)
-        if validating:
-            val_loss = packed.loss(x_va, e_va, g_va, options.loss)
+        if data.validation is not None:
+            val_loss = packed.loss(*data.validation, options.loss)
             history.append(val_loss)
             if val_loss < best_loss:
                 best_loss, best_epoch, best_flat, since_best = val_loss, epoch, packed.flat.clone(), 0
@@ -419,9 +450,9 @@ def _train_packed(
     return TrainResult(
         epochs_run=epoch,
         best_epoch=best_epoch,
-        steps=step,
-        train_loss=packed.loss(x_tr, e_tr, g_tr, options.loss),
-        validation_loss=best_loss if validating else None,
+        steps=adam.step,
+        train_loss=packed.loss(data.x, data.e, data.g, options.loss),
+        validation_loss=best_loss if data.validation is not None else None,
         n_train=n,
         n_validation=int(holdout.sum()),
         seconds=seconds,

@@ -192,6 +192,46 @@ def _write_run(run_dir: Path, texts: Mapping[str, str]) -> list[Path]:
     return written
 
 
+def _check_options(paths: Sequence[Path], out: Path, *, unit: str, n_resamples: int) -> None:
+    if not paths:
+        raise ConfigError("write_report needs at least one predictions file")
+    if unit not in UNITS:
+        raise ConfigError(f"unknown bootstrap unit {unit!r}; expected one of {list(UNITS)}")
+    if n_resamples < 0:
+        raise ConfigError(f"n_resamples must be non-negative; got {n_resamples}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"report output {out} exists and is not a directory")
+
+
+def _comparison(tables: Mapping[str, Predictions], summaries: Mapping[str, dict[str, Any]], labels: Sequence[str],
+                groups: Mapping[str, Sequence[str]] | None, *, paired: dict[str, Any] | None, paired_note: str | None,
+                unit: str, n_resamples: int, seed: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """The comparison of several runs: the returned block and the texts of comparison.{md,csv,json}."""
+    frame = comparison_frame(summaries)
+    sources = {name: str(t.source) for name, t in tables.items()}
+    run_system = {run: system for system, runs in groups.items() for run in runs} if groups is not None else None
+    markdown = comparison_markdown(summaries, frame, sources=sources, paired=paired, paired_note=paired_note,
+                                   systems=run_system)
+    reference = labels[0]
+    doc: dict[str, Any] = {
+        "reference": reference,
+        "runs": [{"name": n, "source": sources[n], "n": summaries[n]["n"], "dir": n,
+                  **({"system": run_system[n]} if run_system else {})} for n in tables],
+        "label_space": summaries[reference]["label_space"],
+        "bootstrap": summaries[reference]["bootstrap"],
+        "rows": frame_records(frame),
+    }
+    doc.update(unit=unit, n_resamples=n_resamples, seed=seed, confidence=summaries[reference]["bootstrap"]["confidence"])
+    if paired is not None:
+        doc.update({"reference_system": paired["reference"],
+                    **{k: paired[k] for k in ("method", "n_rows", "n_clusters", "figures")},
+                    "speakers": paired["speakers"], "systems": paired["systems"], "paired": paired["paired"]})
+    else:
+        doc["paired_skipped"] = paired_note
+    texts = {"comparison.md": markdown, "comparison.csv": frame.to_csv(index=False), "comparison.json": _json_text(doc)}
+    return {"reference": reference, "frame": frame, "markdown": markdown, "paired": paired}, texts
+
+
 def write_report(
     prediction_paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -230,15 +270,8 @@ def write_report(
             system listing the same predictions twice.
     """
     paths = [Path(p) for p in prediction_paths]
-    if not paths:
-        raise ConfigError("write_report needs at least one predictions file")
-    if unit not in UNITS:
-        raise ConfigError(f"unknown bootstrap unit {unit!r}; expected one of {list(UNITS)}")
-    if n_resamples < 0:
-        raise ConfigError(f"n_resamples must be non-negative; got {n_resamples}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"report output {out} exists and is not a directory")
+    _check_options(paths, out, unit=unit, n_resamples=n_resamples)
     labels = run_names(paths, names)
     groups = system_groups(labels, systems)
     tables = {name: read_predictions(p) for name, p in zip(labels, paths)}
@@ -263,33 +296,9 @@ def write_report(
     comparison: dict[str, Any] | None = None
     comparison_texts: dict[str, str] = {}
     if not single:
-        frame = comparison_frame(summaries)
-        sources = {name: str(t.source) for name, t in tables.items()}
-        run_system = {run: system for system, runs in groups.items() for run in runs} if systems is not None else None
-        markdown = comparison_markdown(summaries, frame, sources=sources, paired=paired, paired_note=paired_note,
-                                       systems=run_system)
-        reference = labels[0]
-        comparison = {"reference": reference, "frame": frame, "markdown": markdown, "paired": paired}
-        doc: dict[str, Any] = {
-            "reference": reference,
-            "runs": [{"name": n, "source": sources[n], "n": summaries[n]["n"], "dir": n,
-                      **({"system": run_system[n]} if run_system else {})} for n in tables],
-            "label_space": summaries[reference]["label_space"],
-            "bootstrap": summaries[reference]["bootstrap"],
-            "rows": frame_records(frame),
-        }
-        doc.update(unit=unit, n_resamples=n_resamples, seed=seed, confidence=summaries[reference]["bootstrap"]["confidence"])
-        if paired is not None:
-            doc.update({"reference_system": paired["reference"],
-                        **{k: paired[k] for k in ("method", "n_rows", "n_clusters", "figures")},
-                        "speakers": paired["speakers"], "systems": paired["systems"], "paired": paired["paired"]})
-        else:
-            doc["paired_skipped"] = paired_note
-        comparison_texts = {
-            "comparison.md": markdown,
-            "comparison.csv": frame.to_csv(index=False),
-            "comparison.json": _json_text(doc),
-        }
+        comparison, comparison_texts = _comparison(tables, summaries, labels, groups if systems is not None else None,
+                                                   paired=paired, paired_note=paired_note, unit=unit,
+                                                   n_resamples=n_resamples, seed=seed)
 
     files: list[Path] = []
     if plots:

@@ -113,6 +113,38 @@ def _dlclose(handle: int) -> None:
     _ctypes.dlclose(handle)
 
 
+def _initialise(lib, paths, seed: int) -> int:
+    """Initialise a fresh library instance for synchronous output; returns its sample rate."""
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.restype = ctypes.c_int
+    sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(paths.data), _INITIALIZE_DONT_EXIT)
+    if sample_rate <= 0:
+        raise EspeakUnavailableError(f"eSpeak NG failed to initialise with data at {paths.data}")
+    if hasattr(lib, "espeak_ng_SetRandSeed"):
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = None
+        lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFF_FFFF)
+    return int(sample_rate)
+
+
+def _speak(lib, voice: str, params, encoded: bytes) -> None:
+    """Select ``voice``, set ``params`` and synthesise ``encoded`` (samples go to the callback)."""
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    if lib.espeak_SetVoiceByName(voice.encode("utf-8")) != _EE_OK:
+        raise ConfigError(f"unknown eSpeak NG voice {voice!r} (e.g. 'en', 'de+m2', 'ja+f1')")
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    for key, value in params:
+        lib.espeak_SetParameter(key, value, 0)
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+        ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+    ]
+    status = lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+    if status != _EE_OK:
+        raise EspeakUnavailableError(f"eSpeak NG synthesis failed (status {status}) for voice {voice!r}")
+    lib.espeak_Synchronize()
+
+
 def synthesize(
     text: str,
     voice: str,
@@ -175,33 +207,10 @@ def synthesize(
             raise EspeakUnavailableError(f"cannot load eSpeak NG from {paths.library}: {exc}") from None
         initialised = False
         try:
-            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-            lib.espeak_Initialize.restype = ctypes.c_int
-            sample_rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(paths.data), _INITIALIZE_DONT_EXIT
-            )
-            if sample_rate <= 0:
-                raise EspeakUnavailableError(f"eSpeak NG failed to initialise with data at {paths.data}")
+            sample_rate = _initialise(lib, paths, seed)
             initialised = True
-            if hasattr(lib, "espeak_ng_SetRandSeed"):
-                lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-                lib.espeak_ng_SetRandSeed.restype = None
-                lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFF_FFFF)
             lib.espeak_SetSynthCallback(callback)
-            lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-            if lib.espeak_SetVoiceByName(voice.encode("utf-8")) != _EE_OK:
-                raise ConfigError(f"unknown eSpeak NG voice {voice!r} (e.g. 'en', 'de+m2', 'ja+f1')")
-            lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            for key, value in params:
-                lib.espeak_SetParameter(key, value, 0)
-            lib.espeak_Synth.argtypes = [
-                ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-            ]
-            status = lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if status != _EE_OK:
-                raise EspeakUnavailableError(f"eSpeak NG synthesis failed (status {status}) for voice {voice!r}")
-            lib.espeak_Synchronize()
+            _speak(lib, voice, params, encoded)
         finally:
             if initialised:
                 lib.espeak_Terminate()
