@@ -33,6 +33,15 @@ def real_clip(shared_data: Path) -> Path:
     return shared_data / "samples" / "1001_DFA_ANG_XX.wav"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Every test's llmfair cache (tiny model, encoder cache, audio-header cache) lives under the
+    session's temporary folder, never in the user's home; the same folder as ``llmfair_cache``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMFAIR_CACHE", str(tmp_path_factory.getbasetemp() / "llmfair-cache"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def llmfair_cache(tmp_path_factory) -> Path:
     """One LLMFAIR_CACHE (tiny model + encoder cache) for the whole session, not the user's home:
