@@ -1,5 +1,6 @@
 """`llmfair export`: a standard peft adapter and a merged checkpoint that plain transformers/peft
-load with the trained model's logits, a model card, and a no-op adapter refused."""
+load with the trained model's logits, a model card, and a no-op adapter refused — on every backbone
+family's tiny build (the family table of tests/test_backbones.py)."""
 from __future__ import annotations
 
 import json
@@ -12,16 +13,17 @@ import torch
 from llmfair.errors import ConfigError, DataError
 from llmfair.predictions import read_predictions
 from llmfair.training.config import RunConfig
+from tests.test_backbones import BY_NAME, FAMILY_NAMES
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def trained_run(request, tmp_path_factory) -> Path:
     from llmfair.speechllm.run import train
 
-    root = tmp_path_factory.mktemp("export")
+    root = tmp_path_factory.mktemp(f"export-{request.param}")
     torch.set_num_threads(2)
     config = RunConfig.from_mapping({
-        "model": {"name_or_path": "tiny", "dtype": "float32"},
+        "model": {"name_or_path": "tiny", "dtype": "float32", "family": request.param},
         "data": {"root": str(root / "corpus"), "synth_seed": 0, "synth_options": {"utterances_per_pair": 40},
                  "languages": ["eng"], "modalities": ["audio"]},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": "llm", "train_projector": True},
@@ -37,17 +39,18 @@ def _plain_probabilities(model, run: Path) -> np.ndarray:
     """Class probabilities the way a user without llmfair's scorer gets them: the full forward's
     last-position logits restricted to the label words' first tokens."""
     from llmfair.data.labels import MELD
-    from llmfair.speechllm import PromptTemplate, SpeechLLMCollator, Verbalizer, load_speech_llm
+    from llmfair.speechllm import PromptTemplate, SpeechLLMCollator, Verbalizer, get_backbone, load_speech_llm
     from llmfair.speechllm.collator import model_inputs
 
-    _, processor = load_speech_llm("tiny")
-    verbalizer = Verbalizer(MELD.classes, processor.tokenizer)
-    collator = SpeechLLMCollator(processor, PromptTemplate(), verbalizer)
+    config = RunConfig.from_yaml(run / "config.yaml")
+    chat = get_backbone(config.model.family).chat
+    _, processor = load_speech_llm("tiny", family=config.model.family)
+    verbalizer = Verbalizer(MELD.classes, processor.tokenizer, answer_prefix=chat.answer_prefix)
+    collator = SpeechLLMCollator(processor, PromptTemplate(chat=chat), verbalizer)
     pred = read_predictions(run / "predictions_test.csv")
     frame = pred.frame
     from llmfair.data.meld_st import read_meld_st
 
-    config = RunConfig.from_yaml(run / "config.yaml")
     by_id = {e.id: e for e in read_meld_st(config.data.root, splits=("test",), languages=("eng",))}
     records = [{"audio": by_id[i].audio, "text": by_id[i].text, "language": "eng", "modality": "audio", "emotion": 0}
                for i in frame["id"][:8]]
@@ -63,21 +66,27 @@ def test_adapter_loads_with_plain_peft_and_reproduces_logits(trained_run: Path, 
     from llmfair.speechllm import load_speech_llm
     from llmfair.speechllm.export import export_run
 
+    import transformers
+
+    family = BY_NAME[RunConfig.from_yaml(trained_run / "config.yaml").model.family]
     out = export_run(trained_run, tmp_path / "export", merge=True, n_resamples=50)
     assert {p.name for p in out.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md", "merged"}
-    base, _ = load_speech_llm("tiny")
+    base, _ = load_speech_llm("tiny", family=family.name)
     model = PeftModel.from_pretrained(base, str(out))
     ours, written = _plain_probabilities(model, trained_run)
     np.testing.assert_allclose(ours, written, atol=1e-5)
 
-    from transformers import Qwen2AudioForConditionalGeneration
-
-    merged = Qwen2AudioForConditionalGeneration.from_pretrained(str(out / "merged"))
+    merged = getattr(transformers, family.model_class).from_pretrained(str(out / "merged"))
     merged_probs, _ = _plain_probabilities(merged, trained_run)
     np.testing.assert_allclose(merged_probs, written, atol=1e-5)
 
+    from llmfair.speechllm import get_backbone
+    from llmfair.speechllm.loading import check_processor
+
+    check_processor(merged, get_backbone(family.name).load_processor(str(out / "merged"), local_files_only=True))
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "objective `minmaxgap`" in card and "**Reconstruction**" in card
+    assert f"Backbone family: `{family.name}`" in card and f"from transformers import {family.model_class}" in card
     results = card.split("## Results")[1]
     assert "| eng | audio | female |" in results and "| eng | audio | male |" in results
     assert "## Gender gaps (male − female)" in results
@@ -95,7 +104,10 @@ def test_noop_adapter_refused(trained_run: Path, tmp_path: Path) -> None:
     fake = tmp_path / "run"
     shutil.copytree(trained_run, fake)
     weights = load_file(str(fake / "adapter" / "adapter_model.safetensors"))
-    zeroed = {k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in weights.items() if "multi_modal_projector" not in k}
+    family = BY_NAME[RunConfig.from_yaml(fake / "config.yaml").model.family]
+    projector = family.projector_params[0].rsplit(".", 1)[0]
+    zeroed = {k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in weights.items() if projector not in k}
+    assert len(zeroed) < len(weights)  # the trained projector was in the adapter
     save_file(zeroed, str(fake / "adapter" / "adapter_model.safetensors"))
     cfg = json.loads((fake / "adapter" / "adapter_config.json").read_text())
     cfg["modules_to_save"] = None

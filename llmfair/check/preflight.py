@@ -96,17 +96,30 @@ def _window_seconds(preprocessor: dict[str, Any]) -> float | None:
 
 
 def check_model(config, report: CheckReport) -> None:
-    """Resolve the checkpoint without loading (or downloading) weights; fill ``report.model``."""
+    """Resolve the checkpoint without loading (or downloading) weights; fill ``report.model``.
+
+    The backbone family comes from the checkpoint's ``model_type`` (``config.json``) and must match
+    a recipe's ``model.family``; a checkpoint of no registered family is a problem naming the
+    supported ones. ``tiny`` is the tiny build of ``model.family`` (Qwen2-Audio by default)."""
+    from llmfair.speechllm.backbones import get_backbone, resolve_family
     from llmfair.speechllm.loading import resolve_model_source
 
     m = config.model
-    info: dict[str, Any] = {"name_or_path": m.name_or_path, "window_seconds": None, "window_source": None,
-                            "encoder_width": None}
+    info: dict[str, Any] = {"name_or_path": m.name_or_path, "family": m.family, "window_seconds": None,
+                            "window_source": None, "encoder_width": None}
     report.model = info
+    if m.family is not None:
+        try:
+            get_backbone(m.family)
+        except ConfigError as exc:
+            report.problems.append(f"{config.source} [model]: family: {exc}")
+            return
+    backbone = None
     if m.name_or_path == "tiny":
-        from llmfair.speechllm.tiny import tiny_spec
+        from llmfair.speechllm.tiny import DEFAULT_FAMILY, tiny_spec
 
-        spec = tiny_spec()
+        backbone = get_backbone(m.family or DEFAULT_FAMILY)
+        spec = tiny_spec(family=backbone.name)
         info.update(source="tiny (built locally, no download)", window_seconds=float(spec["window_seconds"]),
                     window_source="tiny model spec", encoder_width=spec["encoder"]["d_model"], dtype_bytes=4)
     else:
@@ -127,15 +140,25 @@ def check_model(config, report: CheckReport) -> None:
                 return found if isinstance(found, str) else None
 
             model_config, preprocessor = _read_json(cached("config.json")), _read_json(cached("preprocessor_config.json"))
-        window = _window_seconds(preprocessor)
+        if model_config:
+            try:
+                backbone = resolve_family(m.family, model_config.get("model_type"), where=f"model {m.name_or_path!r}")
+            except ConfigError as exc:
+                report.problems.append(f"{config.source} [model]: {exc}")
+                return
+        elif m.family is not None:
+            backbone = get_backbone(m.family)
+        window = backbone.window_seconds(preprocessor) if backbone is not None else _window_seconds(preprocessor)
         info["window_seconds"] = window if window is not None else DEFAULT_WINDOW_SECONDS
         info["window_source"] = "preprocessor_config.json" if window is not None else "assumed (Qwen2-Audio default)"
-        width = (model_config.get("audio_config") or {}).get("d_model")
+        width = backbone.encoder_width(model_config) if backbone is not None else None
         info["encoder_width"] = int(width) if width else DEFAULT_ENCODER_WIDTH
         import torch
 
         on_gpu = torch.cuda.is_available()
         info["dtype_bytes"] = 4 if m.dtype == "float32" or (m.dtype == "auto" and not on_gpu) else 2
+    if backbone is not None:
+        info["family"] = backbone.name
     if m.quantization:
         from llmfair.speechllm.loading import _quantization_config
 

@@ -21,10 +21,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class SpeechLLMClassifier(nn.Module):
-    """Wraps a (peft) Qwen2-Audio model with a verbalizer.
+    """Wraps a (peft) speech LLM of a registered family with a verbalizer.
 
     Args:
-        model: ``Qwen2AudioForConditionalGeneration`` wrapped by peft.
+        model: e.g. a ``Qwen2AudioForConditionalGeneration`` wrapped by peft.
         verbalizer: label words → first-token ids.
         answer_loss: ``verbalizer`` (cross-entropy over the K label-word logits) or ``lm`` (mean token
             cross-entropy over the answer; the collator must build ``labels``).

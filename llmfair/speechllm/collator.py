@@ -1,4 +1,5 @@
-"""Records → a Qwen2-Audio batch, with the checks that real fine-tuning code got wrong.
+"""Records → a speech-LLM batch (Qwen2-Audio's layout, which every family's processor follows), with
+the checks that real fine-tuning code got wrong.
 
 ``SpeechLLMCollator`` turns a list of record dicts (``Example.to_record()`` rows, or any dict with
 ``audio``, ``text``, ``language``, ``modality``, ``emotion``) into model inputs:
@@ -12,9 +13,9 @@
   against its feature mask, and a mismatch names the sample (§1, §4). Nothing is ever truncated
   inside the audio span (the text is not truncated at all);
 * left padding, so that the answer position is the last position of every row (§6);
-* ``answer_loss="lm"`` appends the label word and ``<|im_end|>`` and builds ``labels`` that are
-  -100 everywhere except on those answer tokens (every prompt, ``<|AUDIO|>`` and pad position is
-  masked; §6).
+* ``answer_loss="lm"`` appends the label word and the turn end (``<|im_end|>`` on the Qwen
+  families: the template's ``ChatFormat.turn_end``) and builds ``labels`` that are -100 everywhere
+  except on those answer tokens (every prompt, ``<|AUDIO|>`` and pad position is masked; §6).
 
 Batch keys: the model inputs (``MODEL_INPUT_KEYS``), ``emotion`` (B,) long, ``emotion_dist``
 (B, K) float when any record carries a soft label, ``answer_position`` (B,) long (the position
@@ -106,11 +107,12 @@ def _as_passthrough(key: str, values: list[Any]) -> Any:
 
 
 class SpeechLLMCollator:
-    """Build Qwen2-Audio batches from records (see the module docstring for the batch keys).
+    """Build speech-LLM batches from records (see the module docstring for the batch keys).
 
     Args:
-        processor: a ``Qwen2AudioProcessor``; its tokenizer is switched to left padding.
-        template: the prompt template.
+        processor: the family's processor (e.g. a ``Qwen2AudioProcessor``); its tokenizer is
+            switched to left padding.
+        template: the prompt template (in the family's chat format).
         verbalizer: label words (rendered into the instruction and, for ``lm``, the answer).
         max_audio_seconds: clips longer than this are truncated (counted). Default and maximum:
             the encoder window (``feature_extractor.chunk_length``; 30 s on the real model).
@@ -145,7 +147,8 @@ class SpeechLLMCollator:
         self.max_samples = int(round(self.max_audio_seconds * TARGET_SAMPLE_RATE))
         self.min_samples = int(round(MIN_AUDIO_SECONDS * TARGET_SAMPLE_RATE))
         self.audio_token_id = self.tokenizer.convert_tokens_to_ids(getattr(processor, "audio_token", "<|AUDIO|>"))
-        self.im_end_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.turn_end = template.chat.turn_end
+        self.im_end_id = self.tokenizer.convert_tokens_to_ids(self.turn_end)
         self.num_clips = 0
         self.num_truncated = 0
         self._warned = False
@@ -225,7 +228,7 @@ class SpeechLLMCollator:
             if bad:
                 raise DataError(f"sample {ids[bad[0]]!r}: answer_loss='lm' needs a single class label, got "
                                 f"emotion {int(emotion[bad[0]])}")
-            texts = [t + words[int(e)] + "<|im_end|>" for t, e in zip(texts, emotion.tolist())]
+            texts = [t + words[int(e)] + self.turn_end for t, e in zip(texts, emotion.tolist())]
         inputs = self.processor(text=texts, audio=clips, sampling_rate=TARGET_SAMPLE_RATE, return_tensors="pt",
                                 padding=True)
         for key in ("input_features", "feature_attention_mask"):

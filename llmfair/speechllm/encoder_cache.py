@@ -4,27 +4,32 @@ The Whisper-style audio tower is ~97 % of a forward pass on the tiny model and a
 the 7B one (ENVIRONMENT.md). When it is frozen (LoRA on the language model only, the default) its
 output for a clip never changes during training, so each clip is encoded once:
 
-* **What is cached**: the audio tower's ``last_hidden_state`` (after its final layer norm and
-  average pooling) **before** the multi-modal projector, trimmed to the clip's real length (its
-  number of ``<|AUDIO|>`` tokens). Before the projector because the projector may be trained
+* **What is cached**: the encoder output at the family's cache boundary
+  (``SpeechBackbone.encode_audio``), trimmed to the clip's real length (its number of ``<|AUDIO|>``
+  tokens): on Qwen2-Audio the audio tower's ``last_hidden_state`` (after its final layer norm and
+  average pooling) **before** the multi-modal projector; on Qwen2.5-Omni the tower's output before
+  its own projection ``audio_tower.proj``. Before the projector because the projector may be trained
   (``LoraOptions.train_projector``); applying it costs one small matmul per step.
 * **Key**: sha256 of (model identity, encoder window, front-end settings, sha256 of the 16 kHz
   float32 waveform as fed to the processor). The model identity defaults to a fingerprint of the
-  tower's weights, dtype and attention implementation (``audio_tower_fingerprint``), so a different
-  checkpoint, precision or window never reads stale features.
+  encoder's weights before the boundary, dtype and attention implementation
+  (``audio_tower_fingerprint``), so a different checkpoint, family, precision or window never reads
+  stale features.
 * **Storage**: one safetensors file per clip under ``<directory>/<key[:2]>/<key>.safetensors``,
   written atomically (tensor ``features``, shape (N, d_model), in the tower's dtype).
 * **Validity**: a clip's encoder output alone equals its output inside a batch (the tower attends
-  within a clip only, under its attention mask), so caching per clip is exact. The tower *uses* its
-  attention mask (built from ``feature_attention_mask``) although its docstring says it does not;
-  ``encode_audio`` builds it exactly as ``Qwen2AudioModel.forward`` does (transformers 5.23.0).
-  Encoding runs in eval mode without gradients; a tower with trainable parameters is refused
-  while gradients are enabled (it would silently stop training and its cache would go stale).
+  within a clip only, under its attention mask; Qwen2.5-Omni's within 2 s chunks of a clip), so
+  caching per clip is exact. The Qwen2-Audio tower *uses* its attention mask (built from
+  ``feature_attention_mask``) although its docstring says it does not; its ``encode_audio`` builds
+  it exactly as ``Qwen2AudioModel.forward`` does (transformers 5.23.0). Encoding runs in eval mode
+  without gradients; an encoder with trainable parameters before the boundary is refused while
+  gradients are enabled (it would silently stop training and its cache would go stale).
 
 The cached forward (``hidden_states_from_audio_features``) embeds the tokens, projects the cached
-features, scatters them into the ``<|AUDIO|>`` positions of ``inputs_embeds`` (row-major order,
-as transformers does) and runs the language model. ``score_batch(..., encoder_cache=cache)`` uses
-it; it matches the uncached forward to float rounding (tested at 1e-5).
+features (the family's ``project_audio``), scatters them into the ``<|AUDIO|>`` positions of
+``inputs_embeds`` (row-major order, as transformers does) and runs the language model.
+``score_batch(..., encoder_cache=cache)`` uses it; it matches the uncached forward to float
+rounding (tested at 1e-5 on every family's tiny build).
 
 Usage::
 
@@ -43,7 +48,8 @@ import torch
 
 from llmfair._atomic import atomic_path
 from llmfair.errors import ConfigError, DataError
-from llmfair.speechllm._qwen2_audio import position_ids_from_mask, unwrap_model
+from llmfair.speechllm._models import position_ids_from_mask, unwrap_model
+from llmfair.speechllm.backbones import backbone_of
 from llmfair.speechllm.collator import audio_token_counts
 
 logger = logging.getLogger(__name__)
@@ -52,12 +58,15 @@ CACHE_FORMAT = 1
 
 
 def audio_tower_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the audio tower's parameter names, dtypes, shapes and bytes, plus its attention
-    implementation (hashing a 7B model's 0.6B-parameter tower takes a few seconds, once)."""
-    tower = unwrap_model(model).model.audio_tower
+    """sha256 over the names, dtypes, shapes and bytes of the encoder's tensors before the cache
+    boundary (``SpeechBackbone.encoder_state``; the whole tower on Qwen2-Audio), plus the tower's
+    attention implementation (hashing a 7B model's 0.6B-parameter tower takes a few seconds, once)."""
+    base = unwrap_model(model)
+    backbone = backbone_of(base)
+    tower = backbone.audio_tower(base)
     digest = hashlib.sha256()
     digest.update(str(getattr(tower.config, "_attn_implementation", "")).encode())
-    for name, tensor in sorted(tower.state_dict().items()):
+    for name, tensor in sorted(backbone.encoder_state(base).items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -66,40 +75,26 @@ def audio_tower_fingerprint(model: torch.nn.Module) -> str:
 
 def encode_audio(model: torch.nn.Module, input_features: torch.Tensor,
                  feature_attention_mask: torch.Tensor) -> list[torch.Tensor]:
-    """Audio-tower outputs per clip, each (N_i, d_model) with N_i the clip's audio-token count.
-
-    The attention mask is built as ``Qwen2AudioModel.forward`` builds it: the encoder attends only
-    to the clip's valid frames.
-    """
-    from transformers.masking_utils import create_bidirectional_mask
-
-    tower = unwrap_model(model).model.audio_tower
-    device = next(tower.parameters()).device
-    input_features = input_features.to(device)
-    lengths = feature_attention_mask.to(device).sum(-1).long()
-    feat_lengths = (lengths - 1) // 2 + 1
-    max_len = (input_features.shape[-1] - 2) // 2 + 1
-    mask_2d = (torch.arange(max_len, device=device)[None, :] < feat_lengths[:, None]).long()
-    dummy = torch.zeros((input_features.shape[0], max_len, 1), dtype=next(tower.parameters()).dtype, device=device)
-    attention = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
-    hidden = tower(input_features, attention_mask=attention).last_hidden_state
-    counts = audio_token_counts(feature_attention_mask).tolist()
-    return [hidden[i, :n] for i, n in enumerate(counts)]
+    """Encoder outputs at the cache boundary per clip, each (N_i, width) with N_i the clip's
+    audio-token count (the family's ``SpeechBackbone.encode_audio``; on Qwen2-Audio the encoder
+    attends only to the clip's valid frames, as ``Qwen2AudioModel.forward`` builds its mask)."""
+    base = unwrap_model(model)
+    return backbone_of(base).encode_audio(base, input_features, feature_attention_mask)
 
 
 def hidden_states_from_audio_features(model: torch.nn.Module, batch: Mapping[str, Any],
                                       features: Sequence[torch.Tensor]) -> torch.Tensor:
     """Language-model hidden states (B, T, H) from per-clip encoder outputs (no audio tower).
 
-    ``features[i]`` is row i's encoder output (N_i, d_model); the projector (trainable or not)
+    ``features[i]`` is row i's encoder output (N_i, width); the projector (trainable or not)
     maps it to the LLM width and it replaces the N_i ``<|AUDIO|>`` embeddings of row i.
 
     Raises:
         DataError: a row's ``<|AUDIO|>`` count differs from its feature count (names the sample).
     """
     base = unwrap_model(model)
-    inner = base.model
-    embedding = inner.get_input_embeddings()
+    backbone = backbone_of(base)
+    embedding = base.get_input_embeddings()
     input_ids = batch["input_ids"].to(embedding.weight.device)
     embeds = embedding(input_ids)
     audio_mask = input_ids == base.config.audio_token_id
@@ -112,14 +107,13 @@ def hidden_states_from_audio_features(model: torch.nn.Module, batch: Mapping[str
         ids = batch.get("id", list(range(input_ids.shape[0])))
         raise DataError(f"sample {ids[bad[0]]!r}: {int(have[bad[0]])} <|AUDIO|> tokens but {int(want[bad[0]])} "
                         f"audio features ({len(bad)} mismatching rows)")
-    projector = inner.multi_modal_projector
-    proj_param = next(projector.parameters())
+    proj_param = next(backbone.projector(base).parameters())
     audio = torch.cat([f.to(proj_param.device, proj_param.dtype) for f in features])
-    audio = projector(audio).to(embeds.device, embeds.dtype)
+    audio = backbone.project_audio(base, audio).to(embeds.device, embeds.dtype)
     embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1).to(embeds.device), audio)
     attention_mask = batch["attention_mask"].to(embeds.device)
-    out = inner.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                               position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    out = backbone.language_model(base)(inputs_embeds=embeds, attention_mask=attention_mask,
+                                        position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     return out.last_hidden_state
 
 
@@ -217,8 +211,10 @@ class EncoderCache:
                 ``llm+audio``, or a model not wrapped by ``apply_lora``), or the batch
                 has no ``audio_sha256`` (build it with ``SpeechLLMCollator``).
         """
-        tower = unwrap_model(model).model.audio_tower
-        if torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters()):
+        base = unwrap_model(model)
+        backbone = backbone_of(base)
+        tower = backbone.audio_tower(base)
+        if torch.is_grad_enabled() and backbone.encoder_trainable(base):
             raise ConfigError("the audio tower has trainable parameters (LoRA on the encoder, or a model that is not "
                               "frozen); with cached outputs it would get no gradient and its cache would go stale. "
                               "Use LoRA targets 'llm', score under torch.no_grad(), or drop the encoder cache")

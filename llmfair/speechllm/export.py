@@ -26,7 +26,8 @@ from llmfair.errors import ConfigError
 from llmfair.training.config import RunConfig
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-TESTED_STACKS = "transformers + peft (this package's versions); vLLM is known not to serve Qwen2-Audio adapters on the tower/projector and was not tested."
+TESTED_STACKS = ("transformers + peft (this package's versions); vLLM is known not to serve Qwen2-Audio adapters on the "
+                 "tower/projector and was not tested.")
 
 
 def probe_records(n: int = 2, seconds: float = 1.5, seed: int = 0) -> list[dict[str, Any]]:
@@ -42,15 +43,21 @@ def probe_logits(classifier, collator, records) -> torch.Tensor:
     return classifier(**collator(records))["logits"].float()
 
 
-def _model_card(config: RunConfig, manifest: dict[str, Any], summary: dict[str, Any] | None, merged: bool) -> str:
+def _model_card(config: RunConfig, manifest: dict[str, Any], summary: dict[str, Any] | None, merged: bool,
+                backbone=None) -> str:
     from llmfair.report.tables import summary_markdown
 
+    if backbone is None:
+        from llmfair.speechllm.backbones import get_backbone
+
+        backbone = get_backbone(config.model.family or "qwen2_audio")
     objective = manifest.get("objective", {})
     name = objective.get("name", config.objective.name)
     reconstructed = objective.get("reconstructed", False)
     lines = [
         "---", "library_name: peft", f"base_model: {config.model.name_or_path}", "tags: [llmfair, speech-emotion-recognition, fairness, lora]", "---", "",
         f"# {config.model.name_or_path} + LoRA, objective `{name}` (llmfair)", "",
+        f"Backbone family: `{backbone.name}` ({backbone.title}).", "",
         "Speech emotion recognition by a speech LLM read through a verbalizer (the logits of each "
         "emotion word's first token at the answer position), LoRA-tuned with llmfair.", "",
         "## Objective", "",
@@ -75,17 +82,12 @@ def _model_card(config: RunConfig, manifest: dict[str, Any], summary: dict[str, 
               f"- training: `{json.dumps(config.training)}`",
               f"- steps: {manifest.get('global_steps')}, seed {manifest.get('seed')}, git {manifest.get('git_commit')}",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("packages", {}).items() if v), "",
-              "## Usage", "", "```python",
-              "from transformers import Qwen2AudioForConditionalGeneration", "from peft import PeftModel"]
-    if config.model.name_or_path == "tiny":
-        lines += ["from llmfair.speechllm import load_speech_llm",
-                  "base, processor = load_speech_llm('tiny')  # the offline test model, rebuilt locally"]
-    else:
-        lines += [f"base = Qwen2AudioForConditionalGeneration.from_pretrained({config.model.name_or_path!r})"]
-    lines += ["model = PeftModel.from_pretrained(base, 'THIS_DIRECTORY')", "```", ""]
+              "## Usage", "", "```python"]
+    lines += backbone.usage_lines(config.model.name_or_path)
+    lines += ["```", ""]
     if merged:
         lines += ["A merged checkpoint (adapter folded into the base weights) is in `merged/`; load it with "
-                  "`Qwen2AudioForConditionalGeneration.from_pretrained('THIS_DIRECTORY/merged')`.", ""]
+                  f"`{backbone.model_class_name}.from_pretrained('THIS_DIRECTORY/merged')`.", ""]
     lines += [f"Serving stacks tested: {TESTED_STACKS}", ""]
     if summary is not None:
         body = summary_markdown(summary, title="Per-slice results (test split)")
@@ -113,7 +115,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")) if (run_dir / "manifest.json").is_file() else {}
 
     # the adapter must change the model: compare a fresh base with base + adapter on a probe
+    from llmfair.speechllm.backbones import backbone_of
+
     classifier, processor, collator, _ = build_classifier(config, adapter=adapter, trainable=False)
+    backbone = backbone_of(classifier.model)
     records = probe_records()
     with_adapter = probe_logits(classifier, collator, records)
     with classifier.model.disable_adapter():
@@ -136,8 +141,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
         if merge:
             merged = classifier.model.merge_and_unload()
             merged.save_pretrained(str(tmp / "merged"), safe_serialization=True)
-            processor.save_pretrained(str(tmp / "merged"))
-        write_text(tmp / "README.md", _model_card(config, manifest, summary, merge))
+            backbone.save_processor(processor, tmp / "merged")
+        write_text(tmp / "README.md", _model_card(config, manifest, summary, merge, backbone))
         write_json(tmp / "llmfair_run.json", {"config": config.to_dict(), "manifest": manifest,
                                               "probe_max_logit_change": float((with_adapter - without).abs().max()),
                                               "results": summary})

@@ -1,8 +1,10 @@
-"""Load a Qwen2-Audio model and its processor: ``"tiny"``, a local directory, or a hub id.
+"""Load a speech LLM and its processor: ``"tiny"``, a local directory, or a hub id, of any
+registered backbone family (:mod:`llmfair.speechllm.backbones`: Qwen2-Audio, Qwen2.5-Omni, ...).
 
-Every source goes through the same code path (``Qwen2AudioForConditionalGeneration.from_pretrained``
-and ``AutoProcessor.from_pretrained``), never with ``trust_remote_code``. What this module adds to a
-plain ``from_pretrained`` (QWEN2AUDIO.md):
+Every source goes through the same code path: the checkpoint's ``config.model_type`` picks the
+family (checked against a requested ``family``), then the family's transformers class
+``from_pretrained`` and the family's processor loader run, never with ``trust_remote_code``. What
+this module adds to a plain ``from_pretrained`` (QWEN2AUDIO.md):
 
 * offline behaviour: a hub id that is not in the local Hugging Face cache fails at once with a
   ConfigError when ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set, instead of retrying a
@@ -10,12 +12,15 @@ plain ``from_pretrained`` (QWEN2AUDIO.md):
 * dtype: ``"auto"`` is bf16 on a CUDA device with bf16 support, float32 otherwise (CPU, the tiny
   model). fp16 is refused unless ``allow_fp16=True``: Qwen2-7B fine-tuning in fp16 overflows to
   Inf/NaN (§10);
-* QLoRA: 4-bit NF4 with double quantisation and bf16 compute, keeping the audio tower, the
-  projector and ``lm_head`` unquantised (§11). Needs CUDA and bitsandbytes (imported lazily);
+* QLoRA: 4-bit NF4 with double quantisation and bf16 compute, keeping the family's
+  ``qlora_skip_modules`` unquantised (the audio tower, the projector and ``lm_head`` on
+  Qwen2-Audio; §11). Needs CUDA and bitsandbytes (imported lazily);
 * gradient checkpointing with ``enable_input_require_grads`` so that peft adapters behind
   checkpointed layers receive gradients (§8);
-* consistency checks between the processor and the model (audio token id, mel bins, encoder
-  window: §1, §5) and left padding on the tokenizer (§6).
+* consistency checks between the processor and the model (audio token id, mel bins, sampling
+  rate, encoder window: §1, §5) and left padding on the tokenizer (§6);
+* one-line errors for a checkpoint of an unsupported family (naming the supported ones) and for a
+  recipe whose ``model.family`` is not the checkpoint's.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ logger = logging.getLogger(__name__)
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 QUANTIZATIONS = (None, "4bit")
 QLORA_SKIP_MODULES = ["model.audio_tower", "model.multi_modal_projector", "lm_head"]
-"""Modules kept in the compute dtype under 4-bit loading (QWEN2AUDIO.md §11). transformers 5.x
+"""Qwen2-Audio's modules kept in the compute dtype under 4-bit loading (QWEN2AUDIO.md §11; each
+family declares its own ``qlora_skip_modules``). transformers 5.x
 matches these from the start of a linear's full name (``model.audio_tower.layers.0.fc1``) or as
 its suffix, so the prefixes must be full: a bare ``audio_tower`` matched nothing and left the tower
 quantised (tests/test_bench_scale.py checks the plan with transformers' own matching)."""
@@ -56,24 +62,27 @@ def hub_offline() -> bool:
         return False
 
 
-def resolve_model_source(name_or_path: str | os.PathLike, *, revision: str | None = None) -> tuple[str, bool, bool]:
+def resolve_model_source(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                         family: str | None = None) -> tuple[str, bool, bool]:
     """Where to load from: ``(source, local_files_only, is_tiny)``.
 
-    ``"tiny"`` builds (once) the tiny model; an existing directory is used as is; anything else must
-    be a hub id (``owner/name``). Offline, a hub id must already be in the Hugging Face cache.
+    ``"tiny"`` builds (once) the tiny model of ``family`` (default Qwen2-Audio); an existing
+    directory is used as is; anything else must be a hub id (``owner/name``). Offline, a hub id must
+    already be in the Hugging Face cache.
 
     Raises:
-        ConfigError: a path that does not exist, a malformed id, or an uncached id while offline.
+        ConfigError: a path that does not exist, a malformed id, an uncached id while offline, or
+            an unknown family.
     """
     name = os.fspath(name_or_path)
     if name == "tiny":
-        from llmfair.speechllm.tiny import tiny_model_path
+        from llmfair.speechllm.tiny import DEFAULT_FAMILY, tiny_model_path
 
-        return str(tiny_model_path()), True, True
+        return str(tiny_model_path(family=family or DEFAULT_FAMILY)), True, True
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model directory {path} has no config.json; is it a saved Qwen2-Audio model?")
+            raise ConfigError(f"model directory {path} has no config.json; is it a saved speech-LLM checkpoint?")
         from llmfair.speechllm.tiny import is_complete
 
         return str(path), True, is_complete(path)
@@ -116,8 +125,8 @@ def _resolve_dtype(dtype: Any, *, is_tiny: bool, allow_fp16: bool, name: str):
     return getattr(torch, dtype)
 
 
-def _quantization_config(quantization: str | None):
-    """BitsAndBytesConfig for QLoRA; ConfigError where it cannot run."""
+def _quantization_config(quantization: str | None, skip_modules=QLORA_SKIP_MODULES):
+    """BitsAndBytesConfig for QLoRA keeping ``skip_modules`` unquantised; ConfigError where it cannot run."""
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {quantization!r}; expected one of {list(QUANTIZATIONS)}")
     if quantization is None:
@@ -135,33 +144,22 @@ def _quantization_config(quantization: str | None):
 
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=list(QLORA_SKIP_MODULES),
+        bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=list(skip_modules),
     )
 
 
 def check_processor(model, processor, *, where: str = "") -> None:
-    """Fail clearly when processor and model disagree on what the model needs (QWEN2AUDIO.md §1, §5)."""
-    at = f" ({where})" if where else ""
-    for attr in ("feature_extractor", "tokenizer"):
-        if getattr(processor, attr, None) is None:
-            raise ConfigError(f"processor{at} has no {attr}; a Qwen2AudioProcessor is needed")
-    config = model.config
-    token_id = processor.tokenizer.convert_tokens_to_ids(getattr(processor, "audio_token", "<|AUDIO|>"))
-    if token_id != config.audio_token_id:
-        raise ConfigError(f"processor{at}: <|AUDIO|> is token {token_id} but the model expects {config.audio_token_id}")
-    fe = processor.feature_extractor
-    if fe.feature_size != config.audio_config.num_mel_bins:
-        raise ConfigError(f"processor{at}: {fe.feature_size} mel bins but the audio encoder expects "
-                          f"{config.audio_config.num_mel_bins}")
-    frames = 2 * config.audio_config.max_source_positions
-    if fe.nb_max_frames != frames:
-        raise ConfigError(f"processor{at}: {fe.chunk_length} s window = {fe.nb_max_frames} mel frames, but the audio "
-                          f"encoder expects exactly {frames}")
+    """Fail clearly when processor and model disagree on what the model needs (QWEN2AUDIO.md §1, §5):
+    the model's family checks its audio token, mel bins, sampling rate and encoder window."""
+    from llmfair.speechllm.backbones import backbone_of
+
+    backbone_of(model).check_processor(model, processor, where=where)
 
 
 def load_speech_llm(
     name_or_path: str | os.PathLike,
     *,
+    family: str | None = None,
     dtype: Any = "auto",
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
@@ -170,18 +168,22 @@ def load_speech_llm(
     allow_fp16: bool = False,
     revision: str | None = None,
 ):
-    """Load ``(model, processor)``: a ``Qwen2AudioForConditionalGeneration`` and its processor.
+    """Load ``(model, processor)`` of a registered speech-LLM family (e.g. a
+    ``Qwen2AudioForConditionalGeneration`` or a ``Qwen2_5OmniThinkerForConditionalGeneration``).
 
     Args:
         name_or_path: ``"tiny"`` (built offline and cached, see ``tiny.tiny_model_path``), a local
             directory, or a hub id such as ``"Qwen/Qwen2-Audio-7B-Instruct"``.
+        family: the backbone family (``llmfair.speechllm.backbones``); None infers it from the
+            checkpoint's ``model_type`` (and means Qwen2-Audio for ``"tiny"``). Given, it must
+            match the checkpoint.
         dtype: ``"auto"`` (bf16 on CUDA for real models, float32 on CPU and for the tiny model),
             ``"bfloat16"``, ``"float32"`` or ``"float16"`` (needs ``allow_fp16`` for real models).
         attn_implementation: passed to transformers (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``).
         gradient_checkpointing: enable it (non-reentrant) together with ``enable_input_require_grads``
             so that LoRA adapters behind checkpointed layers get gradients.
-        quantization: ``None`` or ``"4bit"`` (QLoRA: NF4, double quantisation, bf16 compute, audio
-            tower / projector / lm_head unquantised). CUDA and bitsandbytes only.
+        quantization: ``None`` or ``"4bit"`` (QLoRA: NF4, double quantisation, bf16 compute, the
+            family's audio tower / projector / lm_head unquantised). CUDA and bitsandbytes only.
         device_map: passed to ``from_pretrained``; under 4-bit it defaults to the current GPU.
         allow_fp16: force fp16 on a real model despite the NaN risk.
         revision: hub revision (branch, tag or commit).
@@ -190,16 +192,19 @@ def load_speech_llm(
 
     Raises:
         ConfigError: unknown dtype/quantization, fp16 without ``allow_fp16``, 4-bit without CUDA or
-            bitsandbytes, a model that is not Qwen2-Audio, an unavailable model, or a processor that
-            does not match the model.
+            bitsandbytes, a checkpoint of no registered family, a family/checkpoint mismatch, an
+            unavailable model, or a processor that does not match the model.
     """
     import torch
-    from transformers import AutoConfig, AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoConfig
+
+    from llmfair.speechllm.backbones import get_backbone, resolve_family
 
     name = os.fspath(name_or_path)
-    source, local_only, is_tiny = resolve_model_source(name, revision=revision)
+    if family is not None:
+        get_backbone(family)  # an unknown family is named before anything loads
+    source, local_only, is_tiny = resolve_model_source(name, revision=revision, family=family)
     torch_dtype = _resolve_dtype(dtype, is_tiny=is_tiny, allow_fp16=allow_fp16, name=name)
-    quant_config = _quantization_config(quantization)
     kwargs: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": False}
     if revision is not None:
         kwargs["revision"] = revision
@@ -207,9 +212,8 @@ def load_speech_llm(
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the configuration of model {name!r}: {exc}") from None
-    if getattr(config, "model_type", None) != "qwen2_audio":
-        raise ConfigError(f"model {name!r} is a {getattr(config, 'model_type', '?')!r} model; llmfair's speech LLM "
-                          f"backbone needs a Qwen2-Audio model (model_type 'qwen2_audio')")
+    backbone = resolve_family(family, getattr(config, "model_type", None), where=f"model {name!r}")
+    quant_config = _quantization_config(quantization, backbone.qlora_skip_modules)
     model_kwargs: dict[str, Any] = dict(kwargs, dtype=torch_dtype, attn_implementation=attn_implementation)
     if quant_config is not None:
         model_kwargs["quantization_config"] = quant_config
@@ -219,11 +223,11 @@ def load_speech_llm(
     if device_map is not None:
         model_kwargs["device_map"] = device_map
     try:
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(source, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(source, **kwargs)
+        model = backbone.model_class().from_pretrained(source, **model_kwargs)
+        processor = backbone.load_processor(source, **kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot load model {name!r}: {exc}") from None
-    check_processor(model, processor, where=name)
+    backbone.check_processor(model, processor, where=name)
     processor.tokenizer.padding_side = "left"
     if gradient_checkpointing:
         model.config.use_cache = False
@@ -233,6 +237,6 @@ def load_speech_llm(
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
         model.enable_input_require_grads()
-    logger.info("loaded %s from %s (dtype %s, quantization %s, attention %s)", name, source, model.dtype,
-                quantization, attn_implementation)
+    logger.info("loaded %s (%s) from %s (dtype %s, quantization %s, attention %s)", name, backbone.title, source,
+                model.dtype, quantization, attn_implementation)
     return model, processor

@@ -1,9 +1,11 @@
-"""LoRA / QLoRA on Qwen2-Audio: options, target-module presets and their resolution.
+"""LoRA / QLoRA on a speech LLM: options, target-module presets and their resolution.
 
 peft has no ``qwen2_audio`` entry in its default target table, and ``"all-linear"`` selects every
 linear layer of the Whisper-style audio tower and the projector too (QWEN2AUDIO.md §7). llmfair
-therefore names its targets with regexes over the transformers 5.x module tree
-(``model.{audio_tower,multi_modal_projector,language_model}`` + ``lm_head``):
+therefore names its targets with regexes over the transformers 5.x module tree; each backbone
+family declares its presets (``SpeechBackbone.target_presets``) under the same two names. On
+Qwen2-Audio (``model.{audio_tower,multi_modal_projector,language_model}`` + ``lm_head``; the
+Qwen2.5-Omni thinker has the same paths, its projector being ``model.audio_tower.proj``):
 
 * ``"llm"`` (default): the language model's attention and MLP projections,
   ``model.language_model.layers.N.(self_attn.(q|k|v|o)_proj|mlp.(gate|up|down)_proj)``;
@@ -13,8 +15,9 @@ therefore names its targets with regexes over the transformers 5.x module tree
 * any other string is a regex that must match whole module names (peft's ``re.fullmatch``);
   a list names module-name suffixes (peft's list semantics: ``["q_proj"]`` also hits the tower).
 
-The projector is made trainable with peft's ``modules_to_save=["multi_modal_projector"]`` (peft
-matches it as a module-name suffix and keeps a trainable copy that is saved with the adapter).
+The projector is made trainable with peft's ``modules_to_save=[<the family's projector>]``
+(``multi_modal_projector`` on Qwen2-Audio, ``audio_tower.proj`` on Qwen2.5-Omni; peft matches it as
+a module-name suffix and keeps a trainable copy that is saved with the adapter).
 ``apply_lora`` returns the resolved module names; record them in run manifests and adapter cards,
 because key renames across transformers versions silently break adapters (§2).
 """
@@ -26,16 +29,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from llmfair.errors import ConfigError
+from llmfair.speechllm.backbones.base import LLM_TARGETS, LORA_PRESET_NAMES
+from llmfair.speechllm.backbones.base import WHISPER_AUDIO_TARGETS as AUDIO_TARGETS
 
 logger = logging.getLogger(__name__)
 
-LLM_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-AUDIO_TARGETS = r"model\.audio_tower\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc1|fc2)"
 TARGET_PRESETS: dict[str, str] = {
     "llm": LLM_TARGETS,
     "llm+audio": f"({LLM_TARGETS})|({AUDIO_TARGETS})",
 }
+"""Qwen2-Audio's presets (each family's are ``get_backbone(family).target_presets``, same names)."""
 PROJECTOR_MODULE = "multi_modal_projector"
+"""Qwen2-Audio's projector (each family's is ``SpeechBackbone.projector_module``)."""
 BIAS_CHOICES = ("none", "all", "lora_only")
 
 
@@ -66,35 +71,38 @@ class LoraOptions:
         if self.bias not in BIAS_CHOICES:
             raise ConfigError(f"lora.bias must be one of {list(BIAS_CHOICES)}, got {self.bias!r}")
         if isinstance(self.targets, str):
-            if self.targets not in TARGET_PRESETS:
+            if self.targets not in LORA_PRESET_NAMES:
                 try:
                     re.compile(self.targets)
                 except re.error as exc:
-                    raise ConfigError(f"lora.targets {self.targets!r} is neither a preset {list(TARGET_PRESETS)} "
+                    raise ConfigError(f"lora.targets {self.targets!r} is neither a preset {list(LORA_PRESET_NAMES)} "
                                       f"nor a valid regex: {exc}") from None
         elif isinstance(self.targets, Sequence) and self.targets and all(isinstance(t, str) for t in self.targets):
             self.targets = list(self.targets)
         else:
             raise ConfigError(f"lora.targets must be a preset, a regex or a non-empty list of names, got {self.targets!r}")
 
-    def target_modules(self) -> str | list[str]:
-        """What peft's ``LoraConfig.target_modules`` receives (a regex or a list of suffixes)."""
+    def target_modules(self, presets: dict[str, str] | None = None) -> str | list[str]:
+        """What peft's ``LoraConfig.target_modules`` receives (a regex or a list of suffixes);
+        ``presets`` is the family's (default: Qwen2-Audio's)."""
         if isinstance(self.targets, str):
-            return TARGET_PRESETS.get(self.targets, self.targets)
+            return (presets or TARGET_PRESETS).get(self.targets, self.targets)
         return list(self.targets)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def lora_config(options: LoraOptions):
-    """The peft ``LoraConfig`` for ``options``."""
+def lora_config(options: LoraOptions, backbone=None):
+    """The peft ``LoraConfig`` for ``options`` on a model of ``backbone``'s family (default Qwen2-Audio)."""
     from peft import LoraConfig
 
+    presets = backbone.target_presets if backbone is not None else TARGET_PRESETS
+    projector = backbone.projector_module if backbone is not None else PROJECTOR_MODULE
     return LoraConfig(
         r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout, bias=options.bias,
-        target_modules=options.target_modules(),
-        modules_to_save=[PROJECTOR_MODULE] if options.train_projector else None,
+        target_modules=options.target_modules(presets),
+        modules_to_save=[projector] if options.train_projector else None,
     )
 
 
@@ -108,18 +116,22 @@ def lora_module_names(model) -> list[str]:
 
 
 def apply_lora(model, options: LoraOptions | None = None):
-    """Wrap ``model`` with LoRA adapters; returns ``(peft_model, resolved_target_names)``.
+    """Wrap ``model`` with LoRA adapters; returns ``(peft_model, resolved_target_names)``. The
+    presets and the projector are those of the model's family (``backbones.backbone_of``).
 
     Every base weight is frozen; LoRA matrices (and the projector with ``train_projector``) train.
 
     Raises:
-        ConfigError: the targets match no module of the model.
+        ConfigError: the targets match no module of the model, or the model is of no registered family.
     """
     from peft import get_peft_model
 
+    from llmfair.speechllm.backbones import backbone_of
+
     options = options or LoraOptions()
+    backbone = backbone_of(model)
     try:
-        peft_model = get_peft_model(model, lora_config(options))
+        peft_model = get_peft_model(model, lora_config(options, backbone))
     except ValueError as exc:
         raise ConfigError(f"lora.targets {options.targets!r} match no module of the model ({exc})") from None
     names = lora_module_names(peft_model)

@@ -1,5 +1,5 @@
-"""Prompt templates: one instruction per (language, modality), rendered in the Qwen2-Audio-Instruct
-chat format.
+"""Prompt templates: one instruction per (language, modality), rendered in the chat format of the
+backbone's family (:class:`ChatFormat`; Qwen2-Audio-Instruct's by default).
 
 The rendered text is the same for the tiny test model and for ``Qwen/Qwen2-Audio-7B-Instruct``::
 
@@ -15,7 +15,9 @@ This is what the processor's default chat template
 (``Qwen2AudioProcessor.default_chat_template``, transformers 5.23.0) renders for a system turn, a
 user turn holding one audio and one text item, and ``add_generation_prompt=True``. The answer (the
 label word) follows the final newline, so its first token is tokenised with no leading space; the
-verbalizer reads its logits at the last prompt position.
+verbalizer reads its logits at the last prompt position. Other families change only the pieces a
+:class:`ChatFormat` names (system prompt, audio placeholder, turn markers); each family's module in
+:mod:`llmfair.speechllm.backbones` says where its format comes from.
 
 The single ``<|AUDIO|>`` placeholder is expanded by the processor to one token per encoder frame
 (25 per second of audio; QWEN2AUDIO.md §1). ``{labels}`` in an instruction is replaced by the label
@@ -44,6 +46,38 @@ from llmfair.errors import ConfigError
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 AUDIO_PLACEHOLDER = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How one family's chat template lays out a system turn, a user turn holding one audio clip and
+    text, and the start of the assistant's answer::
+
+        {system_start}{system}{turn_end}\\n{user_start}{audio_placeholder}{instruction}{turn_end}\\n{answer_prefix}
+
+    Attributes:
+        system_prompt: the family's default system prompt (``prompts.system`` overrides it).
+        audio_placeholder: what stands for the clip; holds the processor's audio token once.
+        system_start, user_start: the markers that open a system / user turn.
+        turn_end: the token that closes a turn (also appended after the answer for ``answer_loss: lm``).
+        answer_prefix: what opens the assistant's turn; the answer's first token follows it.
+    """
+
+    system_prompt: str = SYSTEM_PROMPT
+    audio_placeholder: str = AUDIO_PLACEHOLDER
+    system_start: str = "<|im_start|>system\n"
+    user_start: str = "<|im_start|>user\n"
+    turn_end: str = "<|im_end|>"
+    answer_prefix: str = "<|im_start|>assistant\n"
+
+    def render(self, system: str, user: str) -> str:
+        """The prompt up to and including ``answer_prefix``; ``user`` is the text after the audio."""
+        return (f"{self.system_start}{system}{self.turn_end}\n{self.user_start}{self.audio_placeholder}"
+                f"{user}{self.turn_end}\n{self.answer_prefix}")
+
+
+QWEN2_AUDIO_CHAT = ChatFormat()
+"""Qwen2-Audio-Instruct's chat format (the default of every template)."""
 
 DEFAULT_INSTRUCTIONS: dict[str, dict[str, str]] = {
     "eng": {
@@ -85,14 +119,18 @@ class PromptTemplate:
     Attributes:
         instructions: ``{language: {modality: instruction}}``; ``{labels}`` is optional.
         transcript: ``{language: format}`` with a ``{text}`` field, for modality ``audio_text``.
-        system: the system prompt (Qwen2-Audio-Instruct's default).
+        system: the system prompt (default: the chat format's, e.g. Qwen2-Audio-Instruct's).
+        chat: the family's chat format (:data:`QWEN2_AUDIO_CHAT` by default).
     """
 
     instructions: dict[str, dict[str, str]] = field(default_factory=_copy_defaults)
     transcript: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TRANSCRIPT))
-    system: str = SYSTEM_PROMPT
+    system: str | None = None
+    chat: ChatFormat = QWEN2_AUDIO_CHAT
 
     def __post_init__(self) -> None:
+        if self.system is None:
+            self.system = self.chat.system_prompt
         for lang, per in self.instructions.items():
             _check_language(lang, "instructions")
             if not isinstance(per, Mapping):
@@ -110,8 +148,10 @@ class PromptTemplate:
                 raise ConfigError(f"prompt transcript format for language {lang!r} must contain '{{text}}', got {fmt!r}")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None, *, source: str = "prompts") -> "PromptTemplate":
-        """Defaults overridden by ``values`` (as read from YAML); unknown keys raise ConfigError."""
+    def from_dict(cls, values: Mapping[str, Any] | None, *, source: str = "prompts",
+                  chat: ChatFormat = QWEN2_AUDIO_CHAT) -> "PromptTemplate":
+        """Defaults overridden by ``values`` (as read from YAML); unknown keys raise ConfigError.
+        ``chat`` is the backbone family's format (its system prompt is the default ``system``)."""
         values = dict(values or {})
         unknown = sorted(k for k in values if k not in _TEMPLATE_KEYS)
         if unknown:
@@ -130,7 +170,8 @@ class PromptTemplate:
         if not isinstance(given_t, Mapping):
             raise ConfigError(f"{source}.transcript must map language -> format, got {given_t!r}")
         transcript.update(given_t)
-        return cls(instructions=instructions, transcript=transcript, system=values.get("system", SYSTEM_PROMPT))
+        return cls(instructions=instructions, transcript=transcript, system=values.get("system", chat.system_prompt),
+                   chat=chat)
 
     def to_dict(self) -> dict[str, Any]:
         """The full template (for run manifests)."""
@@ -149,7 +190,8 @@ class PromptTemplate:
                               f"modality {modality!r}") from None
 
     def render(self, language: str, modality: str, text: str = "", labels: Sequence[str] = ()) -> str:
-        """The full prompt up to and including ``<|im_start|>assistant\\n``.
+        """The full prompt up to and including the chat format's answer prefix
+        (``<|im_start|>assistant\\n`` for the Qwen families).
 
         ``text`` (the transcript) is used only for modality ``audio_text``; ``labels`` fills
         ``{labels}`` in the instruction.
@@ -160,12 +202,11 @@ class PromptTemplate:
             if language not in self.transcript:
                 raise ConfigError(f"prompt template has no transcript format for language {language!r}")
             transcript = self.transcript[language].replace("{text}", text)
-        return (f"<|im_start|>system\n{self.system}<|im_end|>\n<|im_start|>user\n{AUDIO_PLACEHOLDER}"
-                f"{instruction}{transcript}<|im_end|>\n<|im_start|>assistant\n")
+        return self.chat.render(self.system, f"{instruction}{transcript}")
 
     def words(self) -> list[str]:
         """Every instruction, transcript format and the system prompt (for building a tokenizer)."""
-        out = [self.system, AUDIO_PLACEHOLDER]
+        out = [self.system, self.chat.audio_placeholder]
         for per in self.instructions.values():
             out.extend(per.values())
         out.extend(self.transcript.values())

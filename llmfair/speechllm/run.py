@@ -8,7 +8,7 @@ Run directory layout::
     RUN/adapter/               the final peft adapter (what `llmfair export` publishes)
     RUN/selection/             dev history and the chosen state (recipe section ``selection``)
     RUN/predictions_<split>.csv
-    RUN/manifest.json          config, seed, git commit, versions, LoRA targets, peak memory, timings
+    RUN/manifest.json          config, seed, git commit, versions, backbone family, LoRA targets, peak memory, timings
 """
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ def build_classifier(config: RunConfig, *, adapter: str | Path | None = None, tr
     trained adapter is loaded instead of fresh LoRA weights; ``zero_shot`` scores the base model
     as it is (no LoRA, every parameter frozen, no target names)."""
     from llmfair.options import dataclass_from_mapping
+    from llmfair.speechllm.backbones import backbone_of
     from llmfair.speechllm.classifier import SpeechLLMClassifier
     from llmfair.speechllm.collator import SpeechLLMCollator
     from llmfair.speechllm.encoder_cache import EncoderCache
@@ -83,8 +84,10 @@ def build_classifier(config: RunConfig, *, adapter: str | Path | None = None, tr
     from llmfair.speechllm.verbalizer import Verbalizer
 
     m = config.model
-    model, processor = load_speech_llm(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
+    model, processor = load_speech_llm(m.name_or_path, family=m.family, dtype=m.dtype,
+                                       attn_implementation=m.attn_implementation,
                                        gradient_checkpointing=m.gradient_checkpointing, quantization=m.quantization)
+    backbone = backbone_of(model)
     lora = dataclass_from_mapping(LoraOptions, config.lora, source=f"{config.source} [lora]")
     if zero_shot:
         if adapter is not None:
@@ -98,12 +101,13 @@ def build_classifier(config: RunConfig, *, adapter: str | Path | None = None, tr
 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
         targets = lora_module_names(model)
-    verbalizer = Verbalizer(MELD.classes, processor.tokenizer, words=config.verbalizer.get("words"))
-    template = PromptTemplate.from_dict(config.prompts, source=f"{config.source} [prompts]")
+    verbalizer = Verbalizer(MELD.classes, processor.tokenizer, words=config.verbalizer.get("words"),
+                            answer_prefix=backbone.chat.answer_prefix)
+    template = PromptTemplate.from_dict(config.prompts, source=f"{config.source} [prompts]", chat=backbone.chat)
     answer_loss = config.verbalizer.get("answer_loss", "verbalizer")
     cache = None
-    tower_frozen = not any(p.requires_grad for n, p in model.named_parameters() if "audio_tower" in n)
-    if config.encoder_cache and tower_frozen:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if config.encoder_cache and not backbone.encoder_trainable(base):
         cache = EncoderCache.for_model(default_cache_dir() / "encoder", model, processor, in_memory=True)
     classifier = SpeechLLMClassifier(model, verbalizer, answer_loss=answer_loss, encoder_cache=cache)
     collator = SpeechLLMCollator(processor, template, verbalizer, answer_loss=answer_loss)
@@ -259,8 +263,15 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool | str = False,
         outputs[split] = str(predict_examples(classifier, collator, splits[split], run_dir / f"predictions_{split}.csv",
                                               batch_size=args.per_device_eval_batch_size, objective=objective))
     cache = classifier.encoder_cache
+    from dataclasses import asdict
+
+    from llmfair.speechllm.backbones import backbone_of
+
+    backbone = backbone_of(classifier.model)
     manifest = write_manifest(
         run_dir, config=resolved, seed=args.seed, lora_target_modules=targets,
+        backbone={"family": backbone.name, "model_class": backbone.model_class_name,
+                  "chat_format": asdict(backbone.chat)},
         objective={"name": objective.name, "reconstructed": objective.reconstructed,
                    "options": config.objective.resolved_options()},
         group_spec={"keys": list(spec.keys), "groups": ["/".join(g) for g in spec.groups]},

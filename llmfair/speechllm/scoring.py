@@ -1,12 +1,13 @@
-"""Per-sample losses and class logits from Qwen2-Audio without full-vocabulary logits.
+"""Per-sample losses and class logits from a speech LLM without full-vocabulary logits.
 
-``Qwen2AudioForConditionalGeneration.forward`` applies ``lm_head`` at every position and returns
-one token-mean loss (QWEN2AUDIO.md §12): hundreds of MB of logits per batch on a 150k vocabulary,
-and no per-sample losses for a fairness objective. ``score_batch`` instead runs the inner
-``Qwen2AudioModel`` (audio tower → projector → language model; the same modules, LoRA adapters
-included), takes the final hidden state at the answer position, and applies only the K label rows
-of ``lm_head``: ``h @ W[label_ids].T (+ b[label_ids])``. The result equals the full forward's
-logits at that position restricted to the label ids.
+``Qwen2AudioForConditionalGeneration.forward`` (like the other families' forwards) applies
+``lm_head`` at every position and returns one token-mean loss (QWEN2AUDIO.md §12): hundreds of MB
+of logits per batch on a 150k vocabulary, and no per-sample losses for a fairness objective.
+``score_batch`` instead runs the inner model (audio tower → projector → language model; the same
+modules, LoRA adapters included; the family's ``SpeechBackbone.hidden_states``), takes the final
+hidden state at the answer position, and applies only the K label rows of ``lm_head``:
+``h @ W[label_ids].T (+ b[label_ids])``. The result equals the full forward's logits at that
+position restricted to the label ids.
 
 Position ids are derived from the attention mask (``cumsum - 1``, as Hugging Face generation does)
 so that a left-padded row sees the same rotary positions as the same sample alone; this makes
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from llmfair.errors import ConfigError
-from llmfair.speechllm._qwen2_audio import position_ids_from_mask, unwrap_model
+from llmfair.speechllm._models import position_ids_from_mask, unwrap_model
+from llmfair.speechllm.backbones import backbone_of
 from llmfair.speechllm.encoder_cache import EncoderCache, hidden_states_from_audio_features
 from llmfair.speechllm.verbalizer import Verbalizer
 
@@ -69,14 +71,7 @@ def last_hidden_states(model: torch.nn.Module, batch: Mapping[str, Any], *,
     for key in ("input_ids", "attention_mask", "input_features", "feature_attention_mask"):
         if key not in batch:
             raise ConfigError(f"batch lacks {key!r}; build batches with SpeechLLMCollator (audio passed as audio=)")
-    device = base.get_input_embeddings().weight.device
-    attention_mask = batch["attention_mask"].to(device)
-    outputs = base.model(
-        input_ids=batch["input_ids"].to(device), input_features=batch["input_features"], attention_mask=attention_mask,
-        feature_attention_mask=batch["feature_attention_mask"], position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    )
-    return outputs.last_hidden_state
+    return backbone_of(base).hidden_states(base, batch)
 
 
 def _lm_answer_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
@@ -100,7 +95,8 @@ def score_batch(model: torch.nn.Module, batch: Mapping[str, Any], verbalizer: Ve
     """Per-sample loss (B,), class logits (B, K) and the pooled answer-position state (B, H).
 
     Args:
-        model: a ``Qwen2AudioForConditionalGeneration`` or a peft model around one.
+        model: a speech LLM of a registered family (e.g. ``Qwen2AudioForConditionalGeneration``)
+            or a peft model around one.
         batch: from ``SpeechLLMCollator`` (model inputs, ``answer_position``, ``emotion``,
             optional ``emotion_dist`` and ``labels``). Extra keys are ignored.
         verbalizer: label words; its first-token ids pick the rows of ``lm_head``.

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from llmfair.errors import ConfigError
 
 ANSWER_PREFIX = "<|im_start|>assistant\n"
-"""What precedes the answer in the rendered prompt (``prompts.PromptTemplate.render``)."""
+"""What precedes the answer in the rendered prompt (``prompts.PromptTemplate.render``) of the Qwen
+families; a family with another chat format passes its ``ChatFormat.answer_prefix``."""
 
 
 class Verbalizer:
@@ -32,11 +33,13 @@ class Verbalizer:
         tokenizer: the processor's tokenizer.
         words: label word per class, as a sequence aligned with the classes or a mapping
             ``{class: word}`` (classes not named keep their own name). Default: the class names.
+        answer_prefix: what precedes the answer in the prompt (the family's
+            ``ChatFormat.answer_prefix``; default Qwen's ``<|im_start|>assistant\\n``).
 
     Attributes:
         classes, words: tuples aligned with each other.
         answer_token_ids: per class, the full token ids of the word as it appears after
-            ``assistant\\n`` (no leading space).
+            ``answer_prefix`` (no leading space).
         label_token_ids: (K,) long tensor, the first token of each word.
 
     Raises:
@@ -44,7 +47,7 @@ class Verbalizer:
     """
 
     def __init__(self, label_space_classes: Sequence[str], tokenizer,
-                 words: Sequence[str] | Mapping[str, str] | None = None) -> None:
+                 words: Sequence[str] | Mapping[str, str] | None = None, *, answer_prefix: str = ANSWER_PREFIX) -> None:
         classes = tuple(label_space_classes)
         if not classes:
             raise ConfigError("verbalizer needs at least one class")
@@ -66,6 +69,7 @@ class Verbalizer:
         self.classes: tuple[str, ...] = classes
         self.words: tuple[str, ...] = resolved
         self.tokenizer = tokenizer
+        self.answer_prefix = answer_prefix
         self.answer_token_ids: tuple[tuple[int, ...], ...] = tuple(self._answer_ids(w) for w in resolved)
         first = [ids[0] for ids in self.answer_token_ids]
         seen: dict[int, int] = {}
@@ -81,12 +85,12 @@ class Verbalizer:
         self.label_token_ids = torch.tensor(first, dtype=torch.long)
 
     def _answer_ids(self, word: str) -> tuple[int, ...]:
-        """Token ids of ``word`` as the continuation of ``<|im_start|>assistant\\n``."""
-        prefix = self.tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
-        full = self.tokenizer(ANSWER_PREFIX + word, add_special_tokens=False)["input_ids"]
+        """Token ids of ``word`` as the continuation of the answer prefix."""
+        prefix = self.tokenizer(self.answer_prefix, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(self.answer_prefix + word, add_special_tokens=False)["input_ids"]
         if full[: len(prefix)] != prefix or len(full) == len(prefix):
-            raise ConfigError(f"verbalizer word {word!r} merges with the preceding newline when tokenised; "
-                              f"it cannot be scored as an answer")
+            raise ConfigError(f"verbalizer word {word!r} merges with the end of the answer prefix "
+                              f"{self.answer_prefix!r} when tokenised; it cannot be scored as an answer")
         return tuple(full[len(prefix):])
 
     @property

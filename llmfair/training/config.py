@@ -37,6 +37,9 @@ class ModelSection:
     """Which speech LLM and how to load it."""
 
     name_or_path: str = field(default="Qwen/Qwen2-Audio-7B-Instruct", metadata={"help": "hub id, local directory, or 'tiny'"})
+    family: str | None = field(
+        default=None, metadata={"help": "backbone family (qwen2_audio, qwen2_5_omni, ...); null: the checkpoint's "
+                                        "model_type decides, and 'tiny' is Qwen2-Audio"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), bfloat16, float32"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade speed for memory"})

@@ -99,7 +99,12 @@ BOUNDS: dict[str, Bound] = {
     "lora.dropout": Bound(low=0, high=1, high_open=True),
 }
 
+MODEL_FAMILIES = ("qwen2_audio", "qwen2_5_omni")
+"""The registered speech-LLM backbone families (``llmfair.speechllm.backbones``; tests/test_backbones.py
+checks that this list and the registry agree)."""
+
 CHOICES: dict[str, tuple] = {
+    "model.family": (None, *MODEL_FAMILIES),
     "model.dtype": ("auto", "bfloat16", "float32", "float16"),
     "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
     "model.quantization": (None, "4bit"),
