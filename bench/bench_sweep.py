@@ -1,4 +1,5 @@
-"""Benchmark: a full IDI-style sweep on cached CREMA-D-sized features (7,442 × 768, synthetic values).
+"""Benchmark: a full IDI-style sweep on cached CREMA-D-sized features (7,442 × 768, synthetic values),
+trained one run at a time (``train_head``) and as batched heads (``llmfair.ssl.batched_head``).
 
 13 method variants — erm, rw, ds, gdro, gadro, pgdro (pseudo gender with soft memberships), lff,
 disent, adv, madv, gr, minmaxgap and rw on k-means-like clusters (K = 16, synthetic labels) — plus
@@ -9,16 +10,20 @@ the total wall time and runs per minute.
 
 Two phases (the recipe is 50 epochs; see METHODS.md §1.4):
 
-1. ``--epochs`` (default 50) on the folds of ``--measure-folds`` (default fold 1 only): measured,
-   then extrapolated to all folds from the exact number of optimiser steps of every run of the
-   full grid (train sizes per fold/ratio, DS's downsampled sizes) and the measured time per step
-   of each method;
-2. unless ``--no-fit``: the full grid at the largest epoch count that the phase-1 measurement
-   predicts to fit ``--budget`` seconds, measured (``--full-epochs N`` runs only this phase, at N).
+1. ``--epochs`` (default 50) on the folds of ``--measure-folds`` (default fold 1 only), once per
+   path of ``--paths`` (default: old and batched, the same grid in the same run): measured side by
+   side with their ratio, the two paths' outputs compared (largest |Δ| of a test probability and of
+   a metric, runs that kept the same epoch), then each extrapolated to all folds from the exact
+   number of optimiser steps of every run of the full grid (train sizes per fold/ratio, DS's
+   downsampled sizes) and its measured time per step of each method. A batched head's time is its
+   share of its chunk's (the chunk's time divided by its heads);
+2. unless ``--no-full``: the full grid at ``--epochs``, batched, measured against ``--budget``
+   (issue 14: 5 min) and the old path's extrapolation (``--full-old`` measures the old path on the
+   full grid too; ``--full-epochs N`` runs only this phase, at N).
 
 Not run by pytest.
 
-    .venv/bin/python bench/bench_sweep.py [--epochs 50] [--processes 2] [--budget 600] [--no-fit]
+    .venv/bin/python bench/bench_sweep.py [--epochs 50] [--processes 2] [--budget 300] [--no-full] [--full-old]
 """
 from __future__ import annotations
 
@@ -122,19 +127,22 @@ def config_for(features: Path, groups: Path, methods: list[dict], folds: list[in
     }, source="bench_sweep")
 
 
-def _worker(config_dict: dict, out: str, shard: tuple[int, int]) -> None:
+def _worker(config_dict: dict, out: str, shard: tuple[int, int], batched: bool) -> None:
     logging.basicConfig(level=logging.ERROR)  # e.g. RW's empty-cell warnings for 16 clusters at 1:40
     register_all_objectives()
     from llmfair.sweep import SweepConfig, run_sweep
 
-    run_sweep(SweepConfig.from_mapping(config_dict, source="bench_sweep"), out, shard, collect=False, progress=False)
+    run_sweep(SweepConfig.from_mapping(config_dict, source="bench_sweep"), out, shard, collect=False, progress=False,
+              batched=batched)
 
 
-def run_parallel(config, out: Path, processes: int) -> float:
-    """Wall time of the whole grid with ``processes`` shards (spawned: each pays its own imports)."""
+def run_parallel(config, out: Path, processes: int, batched: bool) -> float:
+    """Wall time of the whole grid with ``processes`` shards (spawned: each pays its own imports),
+    the runs of a shard trained one at a time (``batched=False``) or as batched heads."""
     ctx = mp.get_context("spawn")
     started = time.perf_counter()
-    procs = [ctx.Process(target=_worker, args=(config.to_dict(), str(out), (i, processes))) for i in range(processes)]
+    procs = [ctx.Process(target=_worker, args=(config.to_dict(), str(out), (i, processes), batched))
+             for i in range(processes)]
     for p in procs:
         p.start()
     for p in procs:
@@ -176,15 +184,57 @@ def grid_steps(methods: list[dict], folds: list[int], batch: int = 32) -> dict[s
     return steps
 
 
+PATHS = ("old", "batched")
+"""The sweep's two training paths: one run at a time (``train_head``) and batched heads."""
+METRIC_KEYS = ("f1", "acc", "tpr_gap_rms", "fpr_gap_rms", "f1_gap_rms", "dp_gap_sum", "dp_gap_rms")
+
+
+def compare_outputs(old: Path, new: Path) -> dict[str, dict[str, float]]:
+    """Per method, over the runs both folders hold: the largest |Δ| of a test probability and of a
+    metric, and how many runs kept the same epoch."""
+    import pandas as pd
+
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted((old / "runs").glob("metrics_*.json")):
+        other = new / "runs" / path.name
+        if not other.is_file():
+            continue
+        a, b = json.loads(path.read_text()), json.loads(other.read_text())
+        pa, pb = (pd.read_csv(folder / "runs" / a["predictions"]) for folder in (old, new))
+        cols = [c for c in pa.columns if c.startswith("prob_")]
+        s = out.setdefault(a["method"], {"runs": 0, "prob": 0.0, "metric": 0.0, "same_epoch": 0})
+        s["runs"] += 1
+        s["prob"] = max(s["prob"], float(np.abs(pa[cols].to_numpy() - pb[cols].to_numpy()).max()))
+        s["metric"] = max([s["metric"]] + [abs((a["metrics"][k] or 0.0) - (b["metrics"][k] or 0.0)) for k in METRIC_KEYS])
+        s["same_epoch"] += int(a["best_epoch"] == b["best_epoch"])
+    return out
+
+
+def extrapolate(stats: dict, methods: list[dict], steps_full: dict, epochs: int, processes: int,
+                startup: float) -> float:
+    """Seconds of the full grid predicted from the measured seconds per step of every method and
+    the exact step counts of every run of the full grid."""
+    total = 0.0
+    for m in methods:
+        s = stats[m["name"]]
+        per_step = s["train_s"] / s["steps"]
+        per_run_overhead = (s["run_s"] - s["train_s"]) / s["runs"]
+        total += sum(steps_full[m["name"]]) * epochs * per_step + per_run_overhead * len(steps_full[m["name"]])
+    return total / processes + startup
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=50, help="epochs of the measured phase (recipe: 50)")
-    parser.add_argument("--measure-folds", default="1", help="folds measured at --epochs (comma-separated)")
+    parser.add_argument("--epochs", type=int, default=50, help="epochs (recipe: 50)")
+    parser.add_argument("--measure-folds", default="1", help="folds of phase 1, measured on both paths (comma-separated)")
+    parser.add_argument("--paths", default="old,batched", help="paths measured in phase 1 (old, batched)")
     parser.add_argument("--processes", type=int, default=2, help="parallel shards (one per core)")
-    parser.add_argument("--budget", type=float, default=600.0, help="seconds the full sweep should fit in")
-    parser.add_argument("--no-fit", action="store_true", help="skip phase 2 (the full grid at the fitting epochs)")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds the full grid should fit in (issue 14: 5 min)")
+    parser.add_argument("--no-full", action="store_true", help="skip phase 2 (the full grid, batched, measured)")
+    parser.add_argument("--full-old", action="store_true",
+                        help="phase 2 also runs the full grid one run at a time (measured; about 25 min on 2 cores)")
     parser.add_argument("--full-epochs", type=int, default=None,
-                        help="skip phase 1 and run the full grid at this many epochs (e.g. to check a fit)")
+                        help="skip phase 1 and run the full grid at this many epochs (batched, and old with --full-old)")
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     args = parser.parse_args()
 
@@ -192,70 +242,88 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_sweep_"))
     work.mkdir(parents=True, exist_ok=True)
     methods, left_out = method_list()
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not paths or any(p not in PATHS for p in paths):
+        raise SystemExit(f"--paths: expected a comma-separated subset of {PATHS}, got {args.paths!r}")
     print(f"bench_sweep: {len(methods)} method variants: {', '.join(m['name'] for m in methods)}")
     if left_out:
         print(f"  registered but left out (need other group attributes / not registered): {'; '.join(left_out)}")
     print(f"  {os.cpu_count()} CPU cores, {args.processes} shard processes × 1 torch thread; load average before: "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     features, groups = make_inputs(work)
-    folds = [int(f) for f in args.measure_folds.split(",")]
     if args.full_epochs is not None:
-        full_grid(features, groups, methods, args.full_epochs, work, args.processes, args.budget)
+        full_grid(features, groups, methods, args.full_epochs, work, args.processes, args.budget, args.full_old, {})
         return
 
-    # -------------------------------------------------------------- phase 1: measured at the recipe's epochs
+    # -------------------------------------------------------------- phase 1: both paths on the same grid
+    folds = [int(f) for f in args.measure_folds.split(",")]
     config = config_for(features, groups, methods, folds, args.epochs)
-    out = work / f"measure_e{args.epochs}"
-    wall = run_parallel(config, out, args.processes)
-    stats = per_method(out)
-    steps_full = grid_steps(methods, FOLDS)
-    runs = sum(s["runs"] for s in stats.values())
-    print(f"\nphase 1: {runs} runs ({len(methods)} methods × {len(RATIOS)} ratios × folds {folds}) at "
-          f"{args.epochs} epochs: wall {wall:.0f} s ({runs / wall * 60:.1f} runs/min)")
-    print(f"{'method':<12}{'runs':>5}{'steps':>9}{'s/run':>8}{'ms/step':>9}")
-    full_seconds = 0.0
-    overhead = 0.0
+    walls, stats, outs = {}, {}, {}
+    for path in paths:
+        outs[path] = work / f"measure_{path}_e{args.epochs}"
+        walls[path] = run_parallel(config, outs[path], args.processes, batched=path == "batched")
+        stats[path] = per_method(outs[path])
+    runs = sum(s["runs"] for s in stats[paths[0]].values())
+    print(f"\nphase 1: {runs} runs ({len(methods)} methods × {len(RATIOS)} ratios × folds {folds}) at {args.epochs} epochs, "
+          f"each path on the same grid, {args.processes} processes")
+    header = f"{'method':<12}{'runs':>5}{'steps':>8}" + "".join(f"{p + ' s/run':>14}{p + ' ms/step':>16}" for p in paths)
+    print(header + (f"{'ratio':>8}" if len(paths) == 2 else ""))
     for m in methods:
-        s = stats[m["name"]]
-        ms_step = 1000 * s["train_s"] / s["steps"]
-        print(f"{m['name']:<12}{s['runs']:>5}{s['steps']:>9}{s['run_s'] / s['runs']:>8.1f}{ms_step:>9.2f}")
-        per_run_overhead = (s["run_s"] - s["train_s"]) / s["runs"]
-        full_seconds += sum(steps_full[m["name"]]) * args.epochs * ms_step / 1000 + per_run_overhead * len(steps_full[m["name"]])
-        overhead += per_run_overhead * len(steps_full[m["name"]])
-    startup = wall - sum(s["run_s"] for s in stats.values()) / args.processes
+        row = f"{m['name']:<12}{stats[paths[0]][m['name']]['runs']:>5}{stats[paths[0]][m['name']]['steps']:>8}"
+        per_step = {}
+        for p in paths:
+            s = stats[p][m["name"]]
+            per_step[p] = 1000 * s["train_s"] / s["steps"]
+            row += f"{s['run_s'] / s['runs']:>14.2f}{per_step[p]:>16.3f}"
+        if len(paths) == 2:
+            row += f"{per_step['old'] / per_step['batched']:>7.1f}x"
+        print(row)
+    for p in paths:
+        print(f"{p:>8}: wall {walls[p]:6.1f} s ({runs / walls[p] * 60:.1f} runs/min)")
+    if len(paths) == 2:
+        print(f"   ratio: old / batched wall = {walls['old'] / walls['batched']:.2f}x (same grid, same machine, same run)")
+        same = compare_outputs(outs["old"], outs["batched"])
+        print("outputs, batched vs old (max |Δ| over the runs; the batched path is exact up to float rounding, which "
+              "Adam's normalisation can amplify on near-zero gradients):")
+        print(f"{'method':<12}{'runs':>5}{'|Δ prob|':>11}{'|Δ metric|':>12}{'same epoch':>12}")
+        for m in methods:
+            c = same.get(m["name"], {"runs": 0, "prob": math.nan, "metric": math.nan, "same_epoch": 0})
+            print(f"{m['name']:<12}{c['runs']:>5}{c['prob']:>11.1e}{c['metric']:>12.1e}{c['same_epoch']:>8}/{c['runs']}")
+    steps_full = grid_steps(methods, FOLDS)
     full_runs = sum(len(v) for v in steps_full.values())
-    predicted = full_seconds / args.processes + startup
-    print(f"full grid ({full_runs} runs, folds 1-5) at {args.epochs} epochs, extrapolated from the measured ms/step and "
-          f"the exact step counts: {predicted:.0f} s = {predicted / 60:.1f} min "
-          f"({full_runs / predicted * 60:.1f} runs/min) with {args.processes} processes; "
-          f"process start-up {startup:.0f} s")
-
-    if args.no_fit:
+    predicted = {}
+    for p in paths:
+        startup = walls[p] - sum(s["run_s"] for s in stats[p].values()) / args.processes
+        predicted[p] = extrapolate(stats[p], methods, steps_full, args.epochs, args.processes, startup)
+        print(f"full grid ({full_runs} runs, folds 1-5) at {args.epochs} epochs, {p}, extrapolated from the measured "
+              f"seconds per step and the exact step counts: {predicted[p]:.0f} s = {predicted[p] / 60:.1f} min")
+    if args.no_full:
         return
-    # -------------------------------------------------------------- phase 2: the largest epoch count that fits
-    per_epoch = (full_seconds - overhead) / args.epochs / args.processes
-    fit = int((args.budget - startup - overhead / args.processes) // per_epoch)
-    if fit < 1:
-        print(f"\nphase 2: not even one epoch fits {args.budget:.0f} s")
-        return
-    full_grid(features, groups, methods, min(fit, args.epochs), work, args.processes, args.budget)
+    full_grid(features, groups, methods, args.epochs, work, args.processes, args.budget, args.full_old, predicted)
 
 
 def full_grid(features: Path, groups: Path, methods: list[dict], epochs: int, work: Path, processes: int,
-              budget: float) -> None:
-    """Phase 2: the whole grid (5 folds) at ``epochs``, measured."""
+              budget: float, with_old: bool, predicted: dict[str, float]) -> None:
+    """Phase 2: the whole grid (5 folds) at ``epochs``, batched (and one at a time with
+    ``with_old``), measured."""
     from llmfair.sweep import collect_results
 
     config = config_for(features, groups, methods, FOLDS, epochs)
-    out = work / f"full_e{epochs}"
-    wall = run_parallel(config, out, processes)
+    walls = {}
+    for path in ["batched"] + (["old"] if with_old else []):
+        out = work / f"full_{path}_e{epochs}"
+        walls[path] = run_parallel(config, out, processes, batched=path == "batched")
+        runs = sum(s["runs"] for s in per_method(out).values())
+        print(f"\nphase 2: full grid, {path}, {runs} runs at {epochs} epochs: wall {walls[path]:.0f} s = "
+              f"{walls[path] / 60:.1f} min ({runs / walls[path] * 60:.1f} runs/min; "
+              f"{'within' if walls[path] <= budget else 'OVER'} the {budget:.0f} s budget)")
+    old = walls.get("old", predicted.get("old"))
+    if old:
+        print(f"full grid: old {old:.0f} s ({'measured' if 'old' in walls else 'extrapolated from phase 1'}) vs batched "
+              f"{walls['batched']:.0f} s (measured): {old / walls['batched']:.2f}x")
     t0 = time.perf_counter()
-    paths = collect_results(out)
-    collect = time.perf_counter() - t0
-    runs = sum(s["runs"] for s in per_method(out).values())
-    print(f"\nphase 2: full grid, {runs} runs at {epochs} epochs: wall {wall:.0f} s = {wall / 60:.1f} min "
-          f"({runs / wall * 60:.1f} runs/min; {'within' if wall <= budget else 'OVER'} the {budget:.0f} s budget); "
-          f"collect_results {collect:.1f} s; results in {paths['markdown']}")
+    paths = collect_results(work / f"full_batched_e{epochs}")
+    print(f"collect_results {time.perf_counter() - t0:.1f} s; results in {paths['markdown']}")
     print(f"load average after: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 

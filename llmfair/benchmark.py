@@ -10,6 +10,13 @@ A **system** is either
   and verbalizer it was trained with. A run trained with ``--seeds`` is one system with several
   seeds; several run directories given the same name are also seeds of one system.
 
+Base models of several backbone families can be compared in one benchmark: ``--model`` takes
+``[NAME=]MODEL[:FAMILY]``, e.g. ``--model omni=tiny:qwen2_5_omni`` (the tiny build of that family;
+without ``:FAMILY`` the recipe's ``model.family``, and for a checkpoint its ``config.json`` decides,
+a given family must match it). Each system is a (base model, family) pair: a run is accepted
+beside ``--model`` values only when one of them is its own base model *of its own family* (a run
+trained on the tiny Qwen2.5-Omni is not compared as a fine-tuned ``--model tiny`` of Qwen2-Audio).
+
 Every system scores the same rows (the corpus split × languages × modalities), so the report can
 compare them **paired**: one bootstrap resample of rows (or speakers) serves every system
 (:mod:`llmfair.metrics.paired`). Encoder outputs go through the frozen-encoder cache, so systems
@@ -57,8 +64,14 @@ class System:
     name: str
     kind: str
     model: str
+    family: str | None = None
+    """The backbone family of ``model`` (None: a hub id not downloaded yet and no family given)."""
     runs: list[tuple[int | None, Path]] = field(default_factory=list)
     """(training seed, run directory) per seed; empty for a zero-shot system."""
+
+    def base(self) -> str:
+        """``model`` with its family, for messages (``tiny:qwen2_5_omni``)."""
+        return f"{self.model}:{self.family}" if self.family else self.model
 
     def table_names(self) -> list[str]:
         """One report name per predictions table: the system name, or ``<name>.seed<s>`` per seed."""
@@ -75,38 +88,85 @@ def _split_name(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+_FAMILY = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def split_family(value: str) -> tuple[str, str | None]:
+    """``"tiny:qwen2_5_omni"`` → ("tiny", "qwen2_5_omni"); ``"tiny"`` → ("tiny", None).
+
+    The part after the last ``:`` is a family when it looks like a family name (lower-case
+    letters, digits, ``_``) and the whole value is not an existing path; an unknown name is then
+    refused by the family registry (naming the registered families).
+    """
+    head, sep, tail = value.rpartition(":")
+    if sep and head and _FAMILY.match(tail) and not Path(value).exists():
+        from llmfair.speechllm.backbones import get_backbone
+
+        get_backbone(tail)
+        return head, tail
+    return value, None
+
+
+def _run_family(run_dir: Path, config: RunConfig) -> str | None:
+    """A finished run's family: its manifest's ``backbone.family``, else its recipe and checkpoint."""
+    import json
+
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():
+        try:
+            family = (json.loads(manifest.read_text(encoding="utf-8")).get("backbone") or {}).get("family")
+        except ValueError:
+            family = None
+        if family:
+            return family
+    from llmfair.speechllm.loading import checkpoint_family
+
+    return checkpoint_family(config.model.name_or_path, config.model.family)
+
+
+def _same_base(a: tuple[str, str | None], b: tuple[str, str | None]) -> bool:
+    """Same base model and family (an unknown family matches on the model alone)."""
+    return a[0] == b[0] and (a[1] is None or b[1] is None or a[1] == b[1])
+
+
 def _run_seed(config: RunConfig) -> int | None:
     seed = config.training.get("seed")
     return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
-def resolve_systems(models: Sequence[str], runs: Sequence[str]) -> list[System]:
+def resolve_systems(models: Sequence[str], runs: Sequence[str], *, family: str | None = None) -> list[System]:
     """Systems from ``--model`` values (zero-shot) and run directories (fine-tuned).
 
-    Both accept ``NAME=VALUE``. Default names: ``zero-shot`` for a single base model (else
-    ``zero-shot-<last path part>``) and the run directory's name. Run directories given the same
-    name are the seeds of one system.
+    Both accept ``NAME=VALUE``; a model is ``MODEL[:FAMILY]`` (:func:`split_family`; ``family``,
+    the recipe's ``model.family``, is the default). Default names: ``zero-shot`` for a single base
+    model (else ``zero-shot-<last path part>``, and ``-<family>`` when one is named) and the run
+    directory's name. Run directories given the same name are the seeds of one system.
 
     Raises:
         ConfigError: nothing to benchmark, a bad or repeated name, a run directory given twice, a
-            run that has not finished, a run whose base model is not one of ``models`` (when any
-            are given), or two runs of one system with the same training seed.
+            run that has not finished, an unknown family or a family that is not the checkpoint's,
+            a run whose base model and family are not one of ``models`` (when any are given), or
+            two runs of one system with the same training seed.
     """
+    from llmfair.speechllm.loading import checkpoint_family
     from llmfair.speechllm.run import finished_run_config, run_seed_dirs
 
     if not models and not runs:
         raise ConfigError("benchmark: nothing to evaluate; give --model BASE and/or finished run directories")
     systems: dict[str, System] = {}
     for spec in models:
-        name, model = _split_name(spec)
+        name, value = _split_name(spec)
+        model, named_family = split_family(value)
         if name is None:
             name = "zero-shot" if len(models) == 1 else f"zero-shot-{Path(model.rstrip('/')).name}"
+            name += f"-{named_family}" if named_family and len(models) > 1 else ""
         if not _NAME.match(name):
             raise ConfigError(f"benchmark: system name {name!r} may hold only letters, digits and ._+-")
         if name in systems:
             raise ConfigError(f"benchmark: system name {name!r} is given twice (--model {spec!r})")
-        systems[name] = System(name=name, kind=ZERO_SHOT, model=model)
-    base_models = {s.model for s in systems.values()}
+        resolved = checkpoint_family(model, named_family or family)
+        systems[name] = System(name=name, kind=ZERO_SHOT, model=model, family=resolved)
+    base_models = [(s.model, s.family) for s in systems.values()]
     seen_dirs: dict[Path, str] = {}
     for spec in runs:
         name, value = _split_name(spec)
@@ -124,15 +184,18 @@ def resolve_systems(models: Sequence[str], runs: Sequence[str]) -> list[System]:
             raise ConfigError(f"benchmark: {name!r} names both a base model and the run {value}")
         for seed, run_dir in run_seed_dirs(path):
             config = finished_run_config(run_dir)
-            base = config.model.name_or_path
-            if base_models and base not in base_models:
-                raise ConfigError(f"benchmark: run {run_dir} was trained on base model {base!r}, which is not a --model "
-                                  f"given ({sorted(base_models)}); a fine-tuned run is compared with its own base")
+            base = (config.model.name_or_path, _run_family(run_dir, config))
+            shown = f"{base[0]}:{base[1]}" if base[1] else base[0]
+            if base_models and not any(_same_base(base, b) for b in base_models):
+                given = sorted(f"{m}:{f}" if f else m for m, f in base_models)
+                raise ConfigError(f"benchmark: run {run_dir} was trained on base model {shown!r}, which is not a "
+                                  f"--model given ({given}); a fine-tuned run is compared with its own base "
+                                  f"(add --model {shown})")
             seed = seed if seed is not None else _run_seed(config)
             if system is None:
-                system = systems[name] = System(name=name, kind=FINETUNED, model=base)
-            elif system.model != base:
-                raise ConfigError(f"benchmark: system {name!r} mixes base models {system.model!r} and {base!r} "
+                system = systems[name] = System(name=name, kind=FINETUNED, model=base[0], family=base[1])
+            elif not _same_base((system.model, system.family), base):
+                raise ConfigError(f"benchmark: system {name!r} mixes base models {system.base()!r} and {shown!r} "
                                   f"({run_dir})")
             if seed is not None and any(s == seed for s, _ in system.runs):
                 raise ConfigError(f"benchmark: system {name!r} has training seed {seed} twice ({run_dir}); "
@@ -198,12 +261,24 @@ def _config_for(system: System, run_dir: Path | None, recipe: RunConfig, encoder
     if run_dir is None:
         config = copy.deepcopy(recipe)
         config.model.name_or_path = system.model
+        config.model.family = system.family
     else:
         config = finished_run_config(run_dir)
     config.data.synth_seed = None  # the benchmark reads the corpus; it never writes into it
     if not encoder_cache:
         config.encoder_cache = False
     return config
+
+
+def _check_prompts(recipe: RunConfig, systems: Sequence[System]) -> None:
+    """The recipe's prompts in the chat format of every zero-shot system's family, before any model
+    loads (a system prompt, for one, is refused for Voxtral)."""
+    from llmfair.speechllm.backbones import get_backbone
+    from llmfair.speechllm.prompts import PromptTemplate
+
+    for family in sorted({s.family for s in systems if s.kind == ZERO_SHOT and s.family}):
+        PromptTemplate.from_dict(recipe.prompts, source=f"{recipe.source} [prompts] ({family})",
+                                 chat=get_backbone(family).chat)
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -243,7 +318,7 @@ def run_benchmark(
     """Score every system on the same rows and write predictions tables and the comparison report.
 
     Args:
-        models: base models scored zero-shot (``[NAME=]tiny|DIR|HUB_ID``).
+        models: base models scored zero-shot (``[NAME=]tiny|DIR|HUB_ID[:FAMILY]``).
         runs: finished run directories (``[NAME=]DIR``); a multi-seed run is one system.
         out: output directory (layout in the module docstring).
         recipe: prompts, verbalizer, model loading options and data layout for the zero-shot
@@ -273,7 +348,8 @@ def run_benchmark(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1; got {batch_size}")
     out = Path(out)
-    systems = resolve_systems(models, runs)
+    systems = resolve_systems(models, runs, family=recipe.model.family)
+    _check_prompts(recipe, systems)
     if reference is not None:
         names = [s.name for s in systems]
         if reference not in names:
@@ -325,7 +401,7 @@ def run_benchmark(
             logger.info("%s: %d rows in %.1f s", table_name, len(examples), scored)
             del classifier, collator
             gc.collect()
-        records.append({"name": system.name, "kind": system.kind, "model": system.model,
+        records.append({"name": system.name, "kind": system.kind, "model": system.model, "family": system.family,
                         "seeds": [s for s, _ in entries] if system.runs else [], "tables": seed_records})
 
     report = write_report(tables, out / REPORT_DIR, names=table_names, systems=table_systems,

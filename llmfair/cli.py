@@ -32,6 +32,14 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     config = dataclass_from_args(SynthConfig, args)
     manifest = generate_corpus(args.out, config, overwrite=args.overwrite)
     print(f"built-in corpus (seed {manifest['seed']}) in {args.out}")
+    if args.crema_d_layout:
+        from llmfair.data.synth.crema_d_layout import write_crema_d_layout
+
+        layout = write_crema_d_layout(args.out, args.crema_d_layout, seed=config.seed, overwrite=args.overwrite)
+        left_out = sum(layout["dropped"].values())
+        print(f"CREMA-D layout: {layout['rows']} clips of {sum(layout['speakers'].values())} speakers in 5 "
+              f"speaker-disjoint folds in {args.crema_d_layout}"
+              + (f" ({left_out} left out: surprise or no vote)" if left_out else ""))
     return 0
 
 
@@ -239,6 +247,69 @@ def _speech_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- features, groups
+def _option_values(pairs: Sequence[str]) -> dict:
+    import yaml
+
+    values = {}
+    for text in pairs:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise LlmfairError(f"--option {text!r}: expected KEY=VALUE")
+        values[key.strip()] = yaml.safe_load(value)
+    return values
+
+
+def cmd_features_extract(args: argparse.Namespace) -> int:
+    from llmfair.ssl import build_feature_extractor
+    from llmfair.ssl.extract import extract_corpus_features, read_corpus
+
+    options = _option_values(args.option)
+    if args.model is not None:
+        if args.extractor != "ssl":
+            raise LlmfairError(f"--model applies to the ssl extractor, not {args.extractor!r}")
+        options["model"] = args.model
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(t) for t in args.layers.split(",") if t.strip()]
+        except ValueError:
+            raise LlmfairError(f"--layers {args.layers!r}: expected comma-separated layer numbers, e.g. 0,6,12") from None
+    extractor = build_feature_extractor(args.extractor, options, source="--option")
+    kind, examples = read_corpus(args.corpus, audio_dir=args.audio_dir)
+    summary = extract_corpus_features(
+        examples, extractor, args.out, layers=layers, chunk_size=args.chunk_size, batch_size=args.batch_size,
+        cache_dir=args.cache_dir, progress=not args.no_progress,
+        corpus={"kind": kind, "path": str(Path(args.corpus).resolve()),
+                "audio_dir": str(Path(args.audio_dir).resolve()) if args.audio_dir else None})
+    shape = tuple(summary.features.values.shape[1:])
+    if summary.already_finished:
+        print(f"{args.out} already holds these {args.extractor} features {shape} of {len(summary.features.ids)} "
+              "utterances; nothing to do")
+    else:
+        print(f"{args.extractor} features {shape} of {len(summary.features.ids)} utterances in {args.out} "
+              f"({summary.num_chunks} chunks: {summary.chunks_resumed} resumed, {summary.chunks_extracted} extracted; "
+              f"{summary.seconds:.0f} s)")
+    print(f"a sweep reads them as  features: {{path: {Path(args.out) / 'features.safetensors'}}};  groups: "
+          f"llmfair groups infer --features {args.out} --out GROUPS.csv")
+    return 0
+
+
+def cmd_groups_infer(args: argparse.Namespace) -> int:
+    from llmfair.groups.infer import GroupInferenceOptions, infer_groups, sidecar
+
+    options = GroupInferenceOptions(methods=args.method, K=_csv_list(args.k) or [], pseudo_model=args.pseudo_model,
+                                    pseudo_folds=args.pseudo_folds, seed=args.seed, tsne=not args.no_tsne)
+    result = infer_groups(args.features, args.out, options, progress=not args.no_progress)
+    if result.pseudo_accuracy is not None:
+        print(f"pseudo gender ({options.pseudo_model}): accuracy {result.pseudo_accuracy:.3f} against the true gender")
+    for k, purity in result.purity.items():
+        print(f"k-means K={k}: purity {purity:.3f}")
+    print(f"groups file {result.path}; purity and contingency tables in {sidecar(result.path, '.purity.md')}"
+          + (f"; t-SNE in {sidecar(result.path, '.tsne.png')}" if options.tsne else ""))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- correct
 def cmd_correct_fit(args: argparse.Namespace) -> int:
     from llmfair.correction import CorrectionOptions, fit_correction
@@ -317,6 +388,9 @@ def _add_data_commands(sub) -> None:
     from llmfair.options import add_dataclass_arguments
 
     add_dataclass_arguments(synth, SynthConfig)
+    synth.add_argument("--crema-d-layout", default=None, metavar="DIR",
+                       help="also write the corpus in CREMA-D's EMO-SUPERB layout into DIR (5 speaker-disjoint folds, "
+                            "labels_consensus_K.csv, audio/), for feature sweeps (recipes/sweeps/idi_builtin.yaml)")
     synth.set_defaults(func=cmd_data_synth)
 
     stats = data_sub.add_parser("stats", help="counts per split × language × modality × gender × emotion")
@@ -466,6 +540,49 @@ def _add_study_commands(sub) -> None:
     configs.set_defaults(func=cmd_configs)
 
 
+def _add_idi_commands(sub) -> None:
+    """``features extract`` and ``groups infer``: frozen features of a corpus, inferred groups (IDI)."""
+    features = sub.add_parser("features", help="frozen speech features of a corpus, extracted once (resumable)")
+    features_sub = features.add_subparsers(dest="features_command", required=True, metavar="FEATURES_COMMAND")
+    ext = features_sub.add_parser(
+        "extract", help="extract a corpus's features into a features directory (features.safetensors + ids, what a "
+                        "sweep's features: path reads); resumable: a killed run continues where it stopped")
+    ext.add_argument("corpus", help="a MELD-ST directory (the built-in corpus) or a CREMA-D labels directory")
+    ext.add_argument("--extractor", required=True, help="ssl, speaker or acoustic")
+    ext.add_argument("--model", default=None, help="ssl: hub id or local directory of the model (offline: only local "
+                                                   "files and the Hugging Face cache are read)")
+    ext.add_argument("--layers", default=None, metavar="L1,L2,...",
+                     help="ssl: keep only these layers (0 = the CNN output; default all)")
+    ext.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="another extractor option (YAML value); repeatable")
+    ext.add_argument("--audio-dir", default=None, help="CREMA-D: the folder of the .wav clips (default CORPUS/audio)")
+    ext.add_argument("--out", required=True, help="the features directory")
+    ext.add_argument("--chunk-size", type=int, default=256, help="clips per resumable chunk (default 256)")
+    ext.add_argument("--batch-size", type=int, default=16, help="clips per extractor call (default 16)")
+    ext.add_argument("--cache-dir", default=None, help="also keep per-clip features in this cache (shared across jobs)")
+    ext.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ext.set_defaults(func=cmd_features_extract)
+
+    groups = sub.add_parser("groups", help="implicit demography inference: pseudo gender labels and k-means clusters")
+    groups_sub = groups.add_subparsers(dest="groups_command", required=True, metavar="GROUPS_COMMAND")
+    infer = groups_sub.add_parser(
+        "infer", help="pseudo genders and k-means clusters of a features directory → the groups file a sweep reads "
+                      "(groups_file), cluster purity per K and the t-SNE figure")
+    infer.add_argument("--features", required=True, help="a features directory (llmfair features extract), e.g. "
+                                                         "speaker embeddings")
+    infer.add_argument("--method", default="pseudo,kmeans", help="pseudo, kmeans or both, comma-separated (default both)")
+    infer.add_argument("--k", default="2,4,8,16,32", metavar="K1,K2,...", help="k-means cluster counts (default IDI's)")
+    infer.add_argument("--pseudo-model", default="builtin",
+                       help="builtin (logistic regression on the features, cross-fitted over speakers), a classifier "
+                            ".json, or a transformers audio-classification model id or directory")
+    infer.add_argument("--pseudo-folds", type=int, default=5, help="speaker folds of the builtin classifier (default 5)")
+    infer.add_argument("--seed", type=int, default=42, help="k-means random_state (IDI: 42)")
+    infer.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
+    infer.add_argument("--out", required=True, help="the groups CSV; beside it: .purity.csv, .purity.md, .tsne.png, .json")
+    infer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    infer.set_defaults(func=cmd_groups_infer)
+
+
 def _add_correction_commands(sub) -> None:
     """``correct gender-model|fit|apply``: the post-hoc correction net."""
     from llmfair.options import add_dataclass_arguments
@@ -506,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfair", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data_commands, _add_run_commands, _add_evaluation_commands, _add_study_commands,
-                _add_correction_commands):
+    for add in (_add_data_commands, _add_run_commands, _add_evaluation_commands, _add_idi_commands,
+                _add_study_commands, _add_correction_commands):
         add(sub)
     return parser
 

@@ -24,9 +24,11 @@ the trained model's probabilities). Checked here, per family, on its tiny offlin
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -68,15 +70,23 @@ class Family:
     """Module prefixes whose linears must stay out of 4-bit quantisation."""
     recipes: str
     """Glob of the MELD-ST recipes shipped for the family (recipes/configs)."""
+    audio_tokens: Callable[[float], int]
+    """Audio tokens (= cached encoder rows) of a clip of that many seconds on the tiny build (10 s window)."""
 
 
 FAMILIES = [
     Family("qwen2_audio", "Qwen2AudioForConditionalGeneration", "qwen2_audio",
            ("model.multi_modal_projector.linear.weight", "model.multi_modal_projector.linear.bias"),
-           ("model.audio_tower", "model.multi_modal_projector", "lm_head"), "qwen2audio7b_meldst_*.yaml"),
+           ("model.audio_tower", "model.multi_modal_projector", "lm_head"), "qwen2audio7b_meldst_*.yaml",
+           lambda seconds: int(seconds * 25)),
     Family("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "qwen2_5_omni_thinker",
            ("model.audio_tower.proj.weight", "model.audio_tower.proj.bias"),
-           ("model.audio_tower", "model.visual", "lm_head"), "qwen2_5omni7b_meldst_*.yaml"),
+           ("model.audio_tower", "model.visual", "lm_head"), "qwen2_5omni7b_meldst_*.yaml",
+           lambda seconds: int(seconds * 25)),
+    Family("voxtral", "VoxtralForConditionalGeneration", "voxtral",
+           ("model.multi_modal_projector.linear_1.weight", "model.multi_modal_projector.linear_2.weight"),
+           ("model.audio_tower", "model.multi_modal_projector", "lm_head"), "voxtralmini3b_meldst_*.yaml",
+           lambda seconds: 125),  # every clip padded to the 10 s window: 12.5 tokens per second of window
 ]
 FAMILY_NAMES = [f.name for f in FAMILIES]
 BY_NAME = {f.name: f for f in FAMILIES}
@@ -125,7 +135,8 @@ def test_table_registry_and_recipe_schema_name_the_same_families() -> None:
     assert CHOICES["model.family"] == (None, *MODEL_FAMILIES)
     types = [t for n in family_names() for t in get_backbone(n).model_types]
     assert len(types) == len(set(types))
-    with pytest.raises(ConfigError, match=r"unknown speech-LLM family 'qwen9'; registered: \['qwen2_5_omni', 'qwen2_audio'\]"):
+    registered = r"\['qwen2_5_omni', 'qwen2_audio', 'voxtral'\]"
+    with pytest.raises(ConfigError, match=r"unknown speech-LLM family 'qwen9'; registered: " + registered):
         get_backbone("qwen9")
     with pytest.raises(ConfigError, match="registered twice"):
         register_backbone("qwen2_audio")(type(get_backbone("qwen2_audio")))
@@ -148,7 +159,7 @@ def test_recipe_family_is_validated_and_shipped_recipes_load(family, tmp_path) -
 
 
 # ------------------------------------------------------------------------------------ loading
-def test_tiny_build_loads_offline_and_its_processor_matches(family, tmp_path) -> None:
+def test_tiny_build_loads_offline_and_its_processor_matches(family, tmp_path, monkeypatch) -> None:
     from llmfair.speechllm.tiny import MARKER_FILE, build_tiny_model, tiny_model_path
 
     model, processor, backbone, _, _ = _pieces(family.name)
@@ -164,24 +175,98 @@ def test_tiny_build_loads_offline_and_its_processor_matches(family, tmp_path) ->
     # deterministic per seed: the same seed gives the same weights, another seed others
     from safetensors.torch import load_file
 
-    a, b = (build_tiny_model(tmp_path / n, seed=3, family=family.name) for n in ("a", "b"))
+    a = build_tiny_model(tmp_path / "a", seed=3, family=family.name)
+    # "b" is built as rank 1 of an initialised process group would build it (accelerate launch ranks
+    # that find no cached build each make their own): transformers writes weights only on rank 0
+    import transformers.distributed.mixin as mixin
+
+    with monkeypatch.context() as m:
+        m.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+        m.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+        b = build_tiny_model(tmp_path / "b", seed=3, family=family.name)
     c = build_tiny_model(tmp_path / "c", seed=4, family=family.name)
     wa, wb, wc = (load_file(str(p / "model.safetensors")) for p in (a, b, c))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_prompt_is_what_the_processor_chat_template_renders(family) -> None:
+def _wav_base64(clip: np.ndarray) -> str:
+    """A float32 WAV of ``clip`` as base64 (what mistral-common's audio chunks take; lossless)."""
+    import base64
+    import io
+
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, clip, 16_000, format="WAV", subtype="FLOAT")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _reference_prompt_ids(family: str, processor, system: str, instruction: str, clip: np.ndarray) -> list[int]:
+    """The token ids the family's own chat template gives one user turn (an audio clip, then the
+    instruction) with the generation prompt: the processor's Jinja template for the Qwen families,
+    mistral-common's chat encoder for Voxtral (which takes no system message with audio)."""
+    if family == "voxtral":
+        messages = [{"role": "user", "content": [{"type": "audio", "base64": _wav_base64(clip)},
+                                                  {"type": "text", "text": instruction}]}]
+        return list(processor.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
+                                     {"type": "text", "text": instruction}]},
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor(text=[text], audio=[clip], sampling_rate=16_000, return_tensors="pt")["input_ids"][0].tolist()
+
+
+def test_prompt_is_what_the_family_chat_template_encodes(family, audio_records) -> None:
     _, processor, backbone, _, _ = _pieces(family.name)
     template = PromptTemplate.from_dict({"instructions": {"eng": {"audio": "Name the emotion."}}}, chat=backbone.chat)
-    messages = [
-        {"role": "system", "content": backbone.chat.system_prompt},
-        {"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
-                                     {"type": "text", "text": "Name the emotion."}]},
-    ]
-    reference = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert template.render("eng", "audio") == reference
-    assert reference.endswith(backbone.chat.answer_prefix) and reference.count(processor.audio_token) == 1
+    prompt = template.render("eng", "audio")
+    assert prompt.endswith(backbone.chat.answer_prefix) and prompt.count(processor.audio_token) == 1
+    clip = audio_records[1]["audio"]
+    ours = processor(text=[prompt], audio=[clip], sampling_rate=16_000, return_tensors="pt")["input_ids"][0].tolist()
+    reference = _reference_prompt_ids(family.name, processor, template.system, "Name the emotion.", clip)
+    assert ours == reference
+    assert ours.count(processor.tokenizer.convert_tokens_to_ids(processor.audio_token)) == family.audio_tokens(2.5)
+
+
+def test_voxtral_processor_encodes_as_mistral_common_and_voxtral_processor_do(llmfair_cache, audio_records) -> None:
+    """llmfair's Voxtral processor against transformers' ``VoxtralProcessor.apply_chat_template``
+    (mistral-common's chat encoder for the tokens, Whisper features of the clip padded to whole
+    windows): the same input ids and the same features, for every clip of a batch; the answer
+    and ``</s>`` tokenise as mistral-common encodes an assistant message; a system prompt is refused."""
+    from transformers import MistralCommonBackend, VoxtralProcessor
+
+    from llmfair.speechllm.tiny import tiny_model_path
+
+    _, processor, backbone, verbalizer, collator = _pieces("voxtral")
+    fe = processor.feature_extractor
+    reference = VoxtralProcessor(feature_extractor=fe, tokenizer=processor.tokenizer)
+    batch = collator(audio_records)
+    for i, record in enumerate(audio_records):
+        user = PromptTemplate(chat=backbone.chat).render(record["language"], record["modality"], record["text"],
+                                                        MELD.classes)
+        instruction = user.split("[AUDIO]", 1)[1].removesuffix("[/INST]")
+        messages = [{"role": "user", "content": [{"type": "audio", "base64": _wav_base64(record["audio"])},
+                                                  {"type": "text", "text": instruction}]}]
+        theirs = reference.apply_chat_template(messages, processor_kwargs={"audio_kwargs": {
+            "max_source_positions": fe.nb_max_frames, "pad_to_multiple_of": fe.n_samples}})
+        row = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+        assert row.tolist() == theirs["input_ids"][0].tolist()
+        torch.testing.assert_close(batch["input_features"][i], theirs["input_features"][0], atol=1e-5, rtol=0)
+    # mistral-common's assistant message: the word's tokens then </s>, as the lm answer is built
+    tekken = processor.tokenizer.tokenizer.instruct_tokenizer.tokenizer
+    for word, ids in zip(verbalizer.words, verbalizer.answer_token_ids):
+        assert list(ids) == tekken.encode(word, bos=False, eos=False)
+    lm = SpeechLLMCollator(processor, PromptTemplate(chat=backbone.chat), verbalizer, answer_loss="lm")(audio_records)
+    assert int(lm["input_ids"][0, -1]) == tekken.eos_id and int((lm["labels"] != -100).sum()) > len(audio_records)
+    # transformers' own backend never reads special tokens in text: "[INST]" would be 7 characters' tokens
+    plain = MistralCommonBackend.from_pretrained(str(tiny_model_path(family="voxtral")))
+    assert plain("[INST]", add_special_tokens=False)["input_ids"] != [tekken.get_special_token("[INST]")]
+    assert processor.tokenizer("[INST]", add_special_tokens=False)["input_ids"] == [tekken.get_special_token("[INST]")]
+    with pytest.raises(ConfigError, match=r"prompts.system is set .* mistral-common refuses system messages"):
+        PromptTemplate.from_dict({"system": "You are an emotion classifier."}, chat=backbone.chat)
 
 
 def test_omni_processor_expands_audio_as_qwen2_5_omni_processor_does(llmfair_cache, audio_records) -> None:
@@ -234,7 +319,7 @@ def test_scoring_equals_the_full_forward_one_by_one_and_through_the_cache(family
         for i, record in enumerate(audio_records):
             single = collator([record])
             (one,) = encode_audio(model, single["input_features"], single["feature_attention_mask"])
-            assert one.shape[0] == int(DURATIONS[i] * 25)
+            assert one.shape[0] == family.audio_tokens(DURATIONS[i])
             torch.testing.assert_close(one, together[i], atol=1e-5, rtol=0)
 
     peft_model, _ = apply_lora(model, LoraOptions(train_projector=True, dropout=0.0))
@@ -327,8 +412,9 @@ def test_processor_mismatches_are_one_line_errors(family) -> None:
         with pytest.raises(ConfigError, match=r"runs at 22050 Hz but the audio encoder expects 16000 Hz"):
             check_processor(model, processor, where="x")
         fe.sampling_rate = sampling_rate
-        processor.audio_token = "<|audio_bos|>"
-        with pytest.raises(ConfigError, match=r"<\|audio_bos\|> is token \d+ but the model expects \d+"):
+        processor.audio_token = processor.tokenizer.eos_token  # another special token of the family's tokenizer
+        with pytest.raises(ConfigError, match=re.escape(processor.tokenizer.eos_token) + r" is token \d+ but the model "
+                                               r"expects \d+"):
             check_processor(model, processor, where="x")
     finally:
         fe.sampling_rate, processor.audio_token = sampling_rate, audio_token
@@ -347,6 +433,9 @@ def test_the_check_command_names_the_family(family, tmp_path) -> None:
     report = CheckReport(recipe="r")
     check_model(RunConfig.from_mapping({"model": {"name_or_path": local}}), report)
     assert not report.problems and report.model["family"] == family.name
+    from llmfair.check.render import format_report
+
+    assert f"\n  family {family.name} ({get_backbone(family.name).title}, {family.model_class})\n" in format_report(report)
     wrong = next(f for f in FAMILY_NAMES if f != family.name)
     report = CheckReport(recipe="r")
     check_model(RunConfig.from_mapping({"model": {"name_or_path": local, "family": wrong}}), report)
@@ -356,8 +445,9 @@ def test_the_check_command_names_the_family(family, tmp_path) -> None:
 # ------------------------------------------------------------------------------------ benchmark
 @pytest.mark.slow
 def test_benchmark_scores_a_base_model_and_a_run_of_the_family(family, tmp_path, capsys) -> None:
-    """``llmfair benchmark --model tiny --recipe R RUN``: the recipe names the family of the
-    zero-shot base model; the run brings its own."""
+    """``llmfair benchmark --model tiny:FAMILY --recipe R RUN``: the zero-shot base model is the
+    tiny build of the family named after the colon (the recipe names none); the run brings its own
+    and is matched to that base by model and family."""
     import yaml
 
     from llmfair.cli import main as cli_main
@@ -376,12 +466,14 @@ def test_benchmark_scores_a_base_model_and_a_run_of_the_family(family, tmp_path,
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["backbone"]["family"] == family.name and manifest["backbone"]["model_class"] == family.model_class
     recipe_path = tmp_path / "zero-shot.yaml"
-    recipe_path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    zero_shot_values = {**values, "model": {k: v for k, v in values["model"].items() if k != "family"}}
+    recipe_path.write_text(yaml.safe_dump(zero_shot_values), encoding="utf-8")
     out = tmp_path / "bench"
-    assert cli_main(["benchmark", f"erm={run}", "--model", "tiny", "--recipe", str(recipe_path), "--corpus", str(corpus),
-                     "--out", str(out), "--languages", "eng", "--modalities", "audio", "--n-resamples", "20",
-                     "--no-plots", "--no-progress"]) == 0
+    assert cli_main(["benchmark", f"erm={run}", "--model", f"tiny:{family.name}", "--recipe", str(recipe_path),
+                     "--corpus", str(corpus), "--out", str(out), "--languages", "eng", "--modalities", "audio",
+                     "--n-resamples", "20", "--no-plots", "--no-progress"]) == 0
     result = json.loads((out / "benchmark.json").read_text())
+    assert [s["family"] for s in result["systems"]] == [family.name, family.name]
     zero = read_predictions(out / "zero-shot" / "predictions_test.csv")
     tuned = read_predictions(out / "erm" / "predictions_test.csv")
     assert zero.n == tuned.n == result["rows"] > 0

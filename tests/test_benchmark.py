@@ -1,5 +1,7 @@
 """`llmfair benchmark`: base models zero-shot and fine-tuned runs (one or several seeds) scored on
-the same rows, with the frozen-encoder cache, and the bad inputs it must refuse before loading."""
+the same rows, with the frozen-encoder cache; base models of several backbone families in one report
+(``--model NAME=MODEL:FAMILY``), runs matched to their base by model *and* family; and the bad
+inputs it must refuse before loading."""
 from __future__ import annotations
 
 import json
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from llmfair.benchmark import resolve_systems, run_benchmark
 from llmfair.cli import main as cli_main
@@ -102,7 +105,7 @@ def test_multi_seed_run_is_one_system(llmfair_cache, corpus, seeded_run, tmp_pat
 
 def test_bad_inputs_are_refused_before_loading(llmfair_cache, corpus, finished_run, seeded_run, tmp_path,
                                                caplog) -> None:
-    with pytest.raises(ConfigError, match="trained on base model 'tiny'.*not a --model"):
+    with pytest.raises(ConfigError, match="trained on base model 'tiny:qwen2_audio'.*not a --model"):
         resolve_systems(["/some/other/model"], [str(finished_run)])
     with pytest.raises(ConfigError, match="given twice"):
         resolve_systems(["tiny"], [str(finished_run), f"again={finished_run}"])
@@ -150,3 +153,92 @@ def test_cli_benchmark(llmfair_cache, corpus, finished_run, tmp_path, capsys) ->
     # a second run into the same directory needs --overwrite, and then replaces only its own files
     assert cli_main(["benchmark", "--model", "tiny", "--corpus", str(corpus), "--out", str(out), "--no-plots"]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+def _relabelled(run: Path, family: str, tmp_path: Path) -> Path:
+    """A copy of ``run`` whose recipe and manifest say it was trained on the tiny ``family`` (what
+    resolve_systems reads; no model is loaded)."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / f"run-{family}"
+    shutil.copytree(run, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["model"]["family"] = family
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["backbone"]["family"] = family
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_runs_are_matched_to_their_base_model_and_family(llmfair_cache, finished_run, tmp_path) -> None:
+    from llmfair.benchmark import split_family
+    from llmfair.speechllm.tiny import tiny_model_path
+
+    assert split_family("tiny:qwen2_5_omni") == ("tiny", "qwen2_5_omni")
+    assert split_family("tiny") == ("tiny", None) and split_family("Qwen/Qwen2-Audio-7B") == ("Qwen/Qwen2-Audio-7B", None)
+    odd = tmp_path / "models:v2"  # an existing path keeps its colon
+    odd.mkdir()
+    assert split_family(str(odd)) == (str(odd), None)
+    with pytest.raises(ConfigError, match=r"unknown speech-LLM family 'qwen9'; registered: \['qwen2_5_omni', "):
+        split_family("tiny:qwen9")
+
+    omni_run = _relabelled(finished_run, "qwen2_5_omni", tmp_path)
+    # a run of the tiny Omni is not a fine-tuned `--model tiny` (the recipe's family: Qwen2-Audio) ...
+    with pytest.raises(ConfigError) as info:
+        resolve_systems(["tiny"], [str(omni_run)])
+    message = str(info.value)
+    assert "trained on base model 'tiny:qwen2_5_omni'" in message and "['tiny:qwen2_audio']" in message
+    assert "add --model tiny:qwen2_5_omni" in message and "\n" not in message
+    with pytest.raises(ConfigError, match="trained on base model 'tiny:qwen2_5_omni'"):
+        resolve_systems(["tiny"], [str(omni_run)], family="qwen2_audio")
+    # ... but of `--model tiny:qwen2_5_omni`, or of `--model tiny` under a recipe of that family
+    systems = resolve_systems(["tiny", "tiny:qwen2_5_omni", "tiny:voxtral"], [f"erm={finished_run}",
+                                                                           f"omni-erm={omni_run}"])
+    assert [(s.name, s.kind, s.model, s.family) for s in systems] == [
+        ("zero-shot-tiny", "zero_shot", "tiny", "qwen2_audio"),
+        ("zero-shot-tiny-qwen2_5_omni", "zero_shot", "tiny", "qwen2_5_omni"),
+        ("zero-shot-tiny-voxtral", "zero_shot", "tiny", "voxtral"),
+        ("erm", "finetuned", "tiny", "qwen2_audio"), ("omni-erm", "finetuned", "tiny", "qwen2_5_omni")]
+    assert [s.family for s in resolve_systems(["tiny"], [str(omni_run)], family="qwen2_5_omni")] == [
+        "qwen2_5_omni", "qwen2_5_omni"]
+    # seeds of one system must share model and family
+    with pytest.raises(ConfigError, match=r"mixes base models 'tiny:qwen2_audio' and 'tiny:qwen2_5_omni'"):
+        resolve_systems([], [f"erm={finished_run}", f"erm={omni_run}"])
+    # a checkpoint directory decides its family; a family named for it must be its own
+    omni_dir = str(tiny_model_path(family="qwen2_5_omni"))
+    assert resolve_systems([omni_dir], [])[0].family == "qwen2_5_omni"
+    with pytest.raises(ConfigError, match=r"model.family is 'voxtral' but model .* is a 'qwen2_5_omni' checkpoint"):
+        resolve_systems([f"{omni_dir}:voxtral"], [])
+
+
+def test_one_report_compares_the_families(llmfair_cache, corpus, finished_run, tmp_path, capsys) -> None:
+    """Zero-shot base models of every family and a fine-tuned run in one `llmfair benchmark`: the
+    same rows, one predictions table and one family per system, all in one paired comparison; a
+    recipe whose prompts a family cannot take is refused before any model loads."""
+    out = tmp_path / "families"
+    code = cli_main(["benchmark", "--model", "qwen2_audio=tiny", "--model", "omni=tiny:qwen2_5_omni",
+                     "--model", "voxtral=tiny:voxtral", f"erm={finished_run}", "--corpus", str(corpus),
+                     "--out", str(out), "--languages", "eng", "--modalities", "audio", "--n-resamples", "20",
+                     "--no-plots", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert [(s["name"], s["family"]) for s in summary["systems"]] == [
+        ("qwen2_audio", "qwen2_audio"), ("omni", "qwen2_5_omni"), ("voxtral", "voxtral"), ("erm", "qwen2_audio")]
+    tables = [read_predictions(out / name / "predictions_test.csv") for name in ("qwen2_audio", "omni", "voxtral")]
+    assert len({t.n for t in tables}) == 1 and tables[0].n == summary["rows"]
+    assert all(sorted(t.frame["id"]) == sorted(tables[0].frame["id"]) for t in tables)
+    assert not np.allclose(tables[0].probs, tables[2].probs, atol=1e-3)  # three different models
+    comparison = json.loads((out / "report" / "comparison.json").read_text())
+    assert set(comparison["paired"]) == {"omni", "voxtral", "erm"}
+    assert all(name in printed for name in ("omni", "voxtral", "erm"))
+    # Voxtral takes no system prompt: refused for its zero-shot system, before loading anything
+    recipe_file = tmp_path / "system.yaml"
+    recipe_file.write_text(yaml.safe_dump({**recipe(corpus), "prompts": {"system": "Be brief."}}), encoding="utf-8")
+    assert cli_main(["benchmark", "--model", "tiny:voxtral", "--recipe", str(recipe_file), "--corpus", str(corpus),
+                     "--out", str(tmp_path / "refused"), "--no-progress"]) == 1
+    assert "prompts.system is set ('Be brief.')" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()

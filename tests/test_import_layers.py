@@ -47,9 +47,11 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("features and models", ("llmfair.ssl", "llmfair.speechllm")),
     ("group inference", ("llmfair.groups",)),
     ("objectives", ("llmfair.objectives",)),
-    # the frozen-feature head's training loop is a trainer, like FairTrainer; the shipped launch
-    # configs are the trainers' accelerate / DeepSpeed settings
-    ("training", ("llmfair.training", "llmfair.ssl.train_head", "llmfair.launch_configs")),
+    # the frozen-feature head's training loops (one head, many batched heads and their batched
+    # objectives) are trainers, like FairTrainer; the shipped launch configs are the trainers'
+    # accelerate / DeepSpeed settings
+    ("training", ("llmfair.training", "llmfair.ssl.train_head", "llmfair.ssl.batched_head",
+                  "llmfair.ssl._batched_objectives", "llmfair.launch_configs")),
     ("predictions", ("llmfair.predictions",)),
     ("metrics", ("llmfair.metrics",)),
     ("correction", ("llmfair.correction",)),

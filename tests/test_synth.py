@@ -571,3 +571,123 @@ def test_plan_follows_the_priors_and_the_split_fractions():
         content = np.mean([r.source.sentence.id.startswith("content-") for r in rows])
         assert content == pytest.approx(0.5, abs=0.05)
     assert len(plan.sources) == 2 * 1000 - 700
+
+
+# ------------------------------------------------------------------------------------ recording sessions
+def test_recording_sessions_colour_the_audio_and_tie_the_raters(tmp_path):
+    """With recording_sessions=2 every clip goes through its session's channel — the rows, times,
+    speakers and clip lengths are those of the corpus without sessions, the bytes are not — the
+    session is written beside the rows, each session is rated by one gender only, and the acoustic
+    features tell the sessions apart (logistic regression, cross-validated over utterances), which
+    they cannot on the clean clips of the same utterances (corpus seeds 0–2: 0.98–1.0 against
+    0.36–0.54)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    from llmfair.data.meld_st import read_meld_st
+    from llmfair.ssl import build_feature_extractor, extract_features
+
+    base = dict(seed=0, utterances_per_pair=30)
+    clean, coloured = tmp_path / "clean", tmp_path / "sessions"
+    generate_corpus(clean, SynthConfig(**base))
+    manifest = generate_corpus(coloured, SynthConfig(recording_sessions=2, **base))
+    a, b = tree_hashes(clean), tree_hashes(coloured)
+    assert set(b) - set(a) == {"recording_sessions.csv"}
+    for rel in a:
+        if rel.endswith(".csv") and rel != "ratings.csv":
+            assert a[rel] == b[rel], rel  # rows, times, speakers: unchanged
+    wavs = [rel for rel in a if rel.endswith(".wav")]
+    assert all(a[rel] != b[rel] for rel in wavs)
+    assert all(sf.info(clean / rel).frames == sf.info(coloured / rel).frames for rel in wavs[:40])
+
+    sessions = manifest["sessions"]
+    assert [s["rater_gender"] for s in sessions] == ["female", "male"]
+    for key, (lo, hi) in corpus_module.SESSION_CHANNEL_RANGES.items():
+        values = sorted(s[key] for s in sessions)
+        assert lo <= values[0] < values[1] <= hi and (values[1] - values[0]) > 0.1 * (hi - lo), key
+    table = pd.read_csv(coloured / "recording_sessions.csv", dtype=str)
+    rows = read_rows(coloured).merge(table, on=["pair", "id"], validate="one_to_one")
+    assert len(rows) == len(table) and set(rows["session"]) == {"0", "1"}
+    # balanced: inside every split × emotion × gender the sessions differ by at most one utterance
+    per_cell = rows.drop_duplicates(KEY).groupby(["split", "emotion", "gender", "session"]).size().unstack(fill_value=0)
+    assert (per_cell.max(axis=1) - per_cell.min(axis=1)).max() <= 1
+    ratings = pd.read_csv(coloured / "ratings.csv", dtype=str).merge(table, on=["pair", "id"], validate="many_to_one")
+    panel = ratings["session"].map({"0": "female", "1": "male"})
+    assert (ratings["rater_gender"] == panel).all()
+    assert (ratings.groupby(["pair", "id"])["rater"].nunique() == 3).all()
+
+    session_of = dict(zip(table["pair"] + "-" + table["id"], table["session"].astype(int)))
+    accuracy = {}
+    for name, root in (("clean", clean), ("sessions", coloured)):
+        examples = read_meld_st(root)
+        x = extract_features(build_feature_extractor("acoustic"), examples, tmp_path / f"cache_{name}", progress=False)
+        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+        y = np.array([session_of[e.id.rsplit("-", 1)[0]] for e in examples])
+        # folds by source utterance: its renderings in two languages share prosody and session
+        accuracy[name] = cross_val_score(LogisticRegression(max_iter=2000), x, y, cv=GroupKFold(5),
+                                         groups=[e.utterance_id for e in examples]).mean()
+    assert accuracy["sessions"] >= 0.95 and accuracy["clean"] <= 0.65, accuracy  # measured 1.0 and 0.50
+
+
+def test_session_panels_and_the_bias_on_all_speakers_follow_the_documented_model():
+    """Plans only (no audio): with rater_bias_speakers=all men hear anger as sadness in men's speech
+    too, at the documented rate; with sessions every rating comes from the session's panel, the
+    sessions are balanced, and nothing else in the plan moves."""
+    config = SynthConfig(seed=0, utterances_per_pair=3000, emotion_priors="anger=1", rater_bias=0.5,
+                         rater_accuracy=0.7, raters_per_utterance=3, rater_bias_speakers="all")
+    plan = plan_corpus(config)
+    by_gender = {g: [e for s in plan.sources if s.speaker.gender == g for _, rg, e in plan.ratings[s.index] if rg == "male"]
+                 for g in ("female", "male")}
+    for gender, labels in by_gender.items():
+        assert np.mean([e == "sadness" for e in labels]) == pytest.approx(0.5 + 0.5 * 0.3 / 6, abs=0.02), gender
+    female_raters = [e for s in plan.sources for _, rg, e in plan.ratings[s.index] if rg == "female"]
+    assert np.mean([e == "sadness" for e in female_raters]) == pytest.approx(0.3 / 6, abs=0.01)
+    default = plan_corpus(dataclasses.replace(config, rater_bias_speakers="female"))
+    men_on_men = [e for s in default.sources if s.speaker.gender == "male"
+                  for _, rg, e in default.ratings[s.index] if rg == "male"]
+    assert np.mean([e == "sadness" for e in men_on_men]) == pytest.approx(0.3 / 6, abs=0.01)
+    assert not plan.sessions and all(s.session == -1 for s in plan.sources)
+
+    small = dataclasses.replace(config, utterances_per_pair=200)
+    with_sessions = plan_corpus(dataclasses.replace(small, recording_sessions=4))
+    assert [s.rater_gender for s in with_sessions.sessions] == ["female", "male", "female", "male"]
+    for s in with_sessions.sources:
+        assert {rg for _, rg, _ in with_sessions.ratings[s.index]} == {with_sessions.sessions[s.session].rater_gender}
+    counts = np.bincount([s.session for s in with_sessions.sources if s.split == "train"], minlength=4)
+    assert counts.max() - counts.min() <= 1
+    # the sessions never move the rest of the plan
+    without = plan_corpus(small)
+    assert [(s.emotion, s.speaker.name, s.sentence.id, s.prosody) for s in without.sources] == [
+        (s.emotion, s.speaker.name, s.sentence.id, s.prosody) for s in with_sessions.sources]
+
+
+@pytest.mark.parametrize("knobs, field_name", [
+    ({"recording_sessions": 1}, "recording_sessions"),
+    ({"recording_sessions": 99}, "recording_sessions"),
+    ({"recording_sessions": 2.5}, "recording_sessions"),
+    ({"rater_bias_speakers": "men"}, "rater_bias_speakers"),
+    ({"rater_bias_speakers": 1}, "rater_bias_speakers"),
+    ({"recording_sessions": 2, "raters_per_utterance": 4}, "raters_per_utterance"),
+])
+def test_bad_session_knobs_raise_config_error_naming_the_field(knobs, field_name):
+    with pytest.raises(ConfigError, match=field_name):
+        SynthConfig(**knobs)
+
+
+def test_a_corpus_written_before_the_session_knobs_is_current(corpus):
+    """corpus.json of a corpus written before rater_bias_speakers / recording_sessions existed lacks
+    them: it describes the corpus with them at their defaults (whose files are unchanged)."""
+    from llmfair.data.synth import corpus_state
+
+    manifest = json.loads((corpus / "corpus.json").read_text())
+    older = json.loads(json.dumps(manifest))
+    for key in ("rater_bias_speakers", "recording_sessions"):
+        del older["config"][key]
+    backup = (corpus / "corpus.json").read_bytes()
+    try:
+        (corpus / "corpus.json").write_text(json.dumps(older))
+        assert corpus_state(corpus, SynthConfig(seed=0, **SMALL)).kind == "current"
+        assert "recording_sessions=0, not 2" in corpus_state(
+            corpus, SynthConfig(seed=0, recording_sessions=2, **SMALL)).detail
+    finally:
+        (corpus / "corpus.json").write_bytes(backup)

@@ -12,6 +12,18 @@ def _size(n: int) -> str:
     return f"{n:.1f} TB"
 
 
+def _family(name: str | None) -> str:
+    """``voxtral (Voxtral, VoxtralForConditionalGeneration)``; the name alone if not registered."""
+    if not name:
+        return "unknown (no config.json at hand and no model.family)"
+    from llmfair.speechllm.backbones import BACKBONES, get_backbone
+
+    if name not in BACKBONES:
+        return name
+    backbone = get_backbone(name)
+    return f"{name} ({backbone.title}, {backbone.model_class_name})"
+
+
 def _data_lines(data: dict) -> list[str]:
     lines = [f"data     {data.get('root')}"]
     splits = data.get("splits") or {}
@@ -71,6 +83,7 @@ def format_report(report: CheckReport) -> str:
         window = (f"; encoder window {model['window_seconds']:g} s ({model['window_source']})"
                   if model.get("window_seconds") else "")
         lines.append(f"model    {model['source']}{window}")
+        lines.append(f"  family {_family(model.get('family'))}")
     if report.data:
         lines += _data_lines(report.data)
     if report.audio:

@@ -546,6 +546,62 @@ def cluster_names(k: int) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------- (c) t-SNE
+def tsne_embedding(embeddings: np.ndarray) -> np.ndarray:
+    """(n, 2) t-SNE coordinates with :data:`TSNE_PARAMETERS` (perplexity capped at n − 1, since
+    scikit-learn needs it below the number of points)."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2:
+        raise DataError(f"t-SNE: embeddings must be an (n, D) array, got shape {x.shape}")
+    if x.shape[0] < 3:
+        raise DataError(f"t-SNE needs at least 3 points, got {x.shape[0]}")
+    params = {**TSNE_PARAMETERS, "perplexity": min(TSNE_PARAMETERS["perplexity"], x.shape[0] - 1.0)}
+    return TSNE(**params).fit_transform(x)
+
+
+def scatter_panels(coords: np.ndarray, panels: Sequence[tuple[str, Sequence[Any]]], path: str | os.PathLike, *,
+                   columns: int = 3) -> Path:
+    """One scatter panel of ``coords`` per ``(title, labels)``, coloured by label; a PNG written
+    atomically (Agg canvas; matplotlib imported here). Genders get the reports' colours."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    coords = np.asarray(coords, dtype=np.float64)
+    if not panels:
+        raise DataError("scatter plot: no panel to draw")
+    ncols = min(columns, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(5.5 * ncols, 5.0 * nrows), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    for p, (title, labels) in enumerate(panels):
+        names = np.asarray([str(v) for v in labels], dtype=object)
+        if names.shape[0] != coords.shape[0]:
+            raise DataError(f"scatter plot {title!r}: {names.shape[0]} labels for {coords.shape[0]} points")
+        ax = fig.add_subplot(nrows, ncols, p + 1)
+        categories = sorted(set(names.tolist()))
+        if len(categories) <= len(_PALETTE):
+            colors = list(_PALETTE)
+        else:  # many clusters: one distinct colour each (tab20, then evenly spaced turbo hues)
+            from matplotlib import colormaps
+
+            cmap = colormaps["tab20" if len(categories) <= 20 else "turbo"]
+            colors = [cmap(i / max(1, len(categories) - 1)) if len(categories) > 20 else cmap(i)
+                      for i in range(len(categories))]
+        for j, name in enumerate(categories):
+            mask = names == name
+            ax.scatter(coords[mask, 0], coords[mask, 1], s=10, alpha=0.8, label=f"{name} (n={int(mask.sum())})",
+                       color=_GENDER_COLORS.get(name, colors[j % len(colors)]))
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
+        ax.set_title(title)
+        if len(categories) <= 16:
+            ax.legend(fontsize=6, markerscale=1.2, loc="best")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
+
+
 def tsne_plot(embeddings: np.ndarray, labels: Sequence[Any], path: str | os.PathLike, *,
               title: str | None = None) -> np.ndarray:
     """Embed with t-SNE (:data:`TSNE_PARAMETERS`) and write a scatter plot coloured by ``labels``.
@@ -556,34 +612,13 @@ def tsne_plot(embeddings: np.ndarray, labels: Sequence[Any], path: str | os.Path
     Returns:
         (n, 2) the t-SNE coordinates.
     """
-    from sklearn.manifold import TSNE
-
     x = np.asarray(embeddings, dtype=np.float64)
     names = np.asarray([str(v) for v in labels], dtype=object)
     if x.ndim != 2 or x.shape[0] != names.shape[0]:
         raise DataError(f"t-SNE: embeddings {x.shape} do not match {names.shape[0]} labels")
-    if x.shape[0] < 3:
-        raise DataError(f"t-SNE needs at least 3 points, got {x.shape[0]}")
-    params = {**TSNE_PARAMETERS, "perplexity": min(TSNE_PARAMETERS["perplexity"], x.shape[0] - 1.0)}
-    coords = TSNE(**params).fit_transform(x)
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 5.0), dpi=130, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    categories = sorted(set(names.tolist()))
-    for j, name in enumerate(categories):
-        mask = names == name
-        ax.scatter(coords[mask, 0], coords[mask, 1], s=14, alpha=0.8, label=f"{name} (n={int(mask.sum())})",
-                   color=_GENDER_COLORS.get(name, _PALETTE[j % len(_PALETTE)]))
-    ax.set_xlabel("t-SNE 1")
-    ax.set_ylabel("t-SNE 2")
-    ax.set_title(title or f"t-SNE (perplexity {params['perplexity']:g}, n={x.shape[0]})")
-    ax.legend(fontsize=7, markerscale=1.5, loc="best")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    coords = tsne_embedding(x)
+    perplexity = min(TSNE_PARAMETERS["perplexity"], x.shape[0] - 1.0)
+    scatter_panels(coords, [(title or f"t-SNE (perplexity {perplexity:g}, n={x.shape[0]})", names)], path)
     logger.info("t-SNE plot of %d points written to %s", x.shape[0], path)
     return coords
 

@@ -1,11 +1,11 @@
-"""Speech LLMs: registered backbone families (Qwen2-Audio, Qwen2.5-Omni's thinker; ``backbones/``),
+"""Speech LLMs: registered backbone families (Qwen2-Audio, Qwen2.5-Omni's thinker, Voxtral; ``backbones/``),
 each a hub id, a local path, or a tiny offline model, with LoRA, prompts, a verbalizer, a checked
 collator, cheap per-sample scoring and a frozen-encoder cache.
 
 The same code runs ``"tiny"`` in tests and ``Qwen/Qwen2-Audio-7B-Instruct`` (or
 ``Qwen/Qwen2.5-Omni-7B``) on a GPU::
 
-    model, processor = load_speech_llm("tiny")                 # family="qwen2_5_omni" for Omni's
+    model, processor = load_speech_llm("tiny")                 # family="qwen2_5_omni" / "voxtral"
     backbone = backbone_of(model)
     model, targets = apply_lora(model, LoraOptions(targets="llm"))
     verbalizer = Verbalizer(MELD.classes, processor.tokenizer, answer_prefix=backbone.chat.answer_prefix)

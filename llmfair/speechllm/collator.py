@@ -10,8 +10,9 @@ the checks that real fine-tuning code got wrong.
   so that every sample is scored without its audio (QWEN2AUDIO.md §3) — and the batch must contain
   ``input_features`` and ``feature_attention_mask``;
 * the processor expands ``<|AUDIO|>`` to one token per encoder frame; each row's count is checked
-  against its feature mask, and a mismatch names the sample (§1, §4). Nothing is ever truncated
-  inside the audio span (the text is not truncated at all);
+  against its feature mask (the processor's ``audio_token_counts`` where it has one: Voxtral's
+  encoder reads the whole window, so every clip has the same count), and a mismatch names the
+  sample (§1, §4). Nothing is ever truncated inside the audio span (the text is not truncated at all);
 * left padding, so that the answer position is the last position of every row (§6);
 * ``answer_loss="lm"`` appends the label word and the turn end (``<|im_end|>`` on the Qwen
   families: the template's ``ChatFormat.turn_end``) and builds ``labels`` that are -100 everywhere
@@ -62,14 +63,16 @@ def audio_token_counts(feature_attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def check_audio_tokens(input_ids: torch.Tensor, feature_attention_mask: torch.Tensor, audio_token_id: int,
-                       sample_ids: Sequence[Any] | None = None) -> None:
-    """Each row's number of ``<|AUDIO|>`` tokens must equal its number of audio features.
+                       sample_ids: Sequence[Any] | None = None, *, token_counts=audio_token_counts) -> None:
+    """Each row's number of ``<|AUDIO|>`` tokens must equal its number of audio features
+    (``token_counts(feature_attention_mask)``: :func:`audio_token_counts` for the Qwen families; a
+    processor may bring its own as ``processor.audio_token_counts``, as Voxtral's does).
 
     Raises:
         DataError: naming the first mismatching samples and both counts.
     """
     have = (input_ids == audio_token_id).sum(-1).cpu()
-    want = audio_token_counts(feature_attention_mask).cpu()
+    want = token_counts(feature_attention_mask).cpu()
     bad = torch.nonzero(have != want).flatten().tolist()
     if bad:
         ids = list(sample_ids) if sample_ids is not None else list(range(input_ids.shape[0]))
@@ -147,6 +150,7 @@ class SpeechLLMCollator:
         self.max_samples = int(round(self.max_audio_seconds * TARGET_SAMPLE_RATE))
         self.min_samples = int(round(MIN_AUDIO_SECONDS * TARGET_SAMPLE_RATE))
         self.audio_token_id = self.tokenizer.convert_tokens_to_ids(getattr(processor, "audio_token", "<|AUDIO|>"))
+        self.audio_token_counts = getattr(processor, "audio_token_counts", audio_token_counts)
         self.turn_end = template.chat.turn_end
         self.im_end_id = self.tokenizer.convert_tokens_to_ids(self.turn_end)
         self.num_clips = 0
@@ -239,7 +243,8 @@ class SpeechLLMCollator:
         if not bool(batch["attention_mask"][:, -1].all()):
             raise ConfigError("the tokenizer padded on the right; llmfair needs left padding so the answer is the "
                               "last position of every row")
-        check_audio_tokens(batch["input_ids"], batch["feature_attention_mask"], self.audio_token_id, ids)
+        check_audio_tokens(batch["input_ids"], batch["feature_attention_mask"], self.audio_token_id, ids,
+                           token_counts=self.audio_token_counts)
         seq_len = batch["input_ids"].shape[1]
         if self.answer_loss == "lm":
             answers = [list(self.verbalizer.answer_token_ids[int(e)]) + [self.im_end_id]

@@ -8,8 +8,10 @@ output for a clip never changes during training, so each clip is encoded once:
   (``SpeechBackbone.encode_audio``), trimmed to the clip's real length (its number of ``<|AUDIO|>``
   tokens): on Qwen2-Audio the audio tower's ``last_hidden_state`` (after its final layer norm and
   average pooling) **before** the multi-modal projector; on Qwen2.5-Omni the tower's output before
-  its own projection ``audio_tower.proj``. Before the projector because the projector may be trained
-  (``LoraOptions.train_projector``); applying it costs one small matmul per step.
+  its own projection ``audio_tower.proj``; on Voxtral the tower's ``last_hidden_state`` regrouped
+  into the 4-frame rows its projector reads (the whole window: 375 rows for every clip). Before the
+  projector because the projector may be trained (``LoraOptions.train_projector``); applying it
+  costs one small matmul per step.
 * **Key**: sha256 of (model identity, encoder window, front-end settings, sha256 of the 16 kHz
   float32 waveform as fed to the processor). The model identity defaults to a fingerprint of the
   encoder's weights before the boundary, dtype and attention implementation
@@ -18,8 +20,8 @@ output for a clip never changes during training, so each clip is encoded once:
 * **Storage**: one safetensors file per clip under ``<directory>/<key[:2]>/<key>.safetensors``,
   written atomically (tensor ``features``, shape (N, d_model), in the tower's dtype).
 * **Validity**: a clip's encoder output alone equals its output inside a batch (the tower attends
-  within a clip only, under its attention mask; Qwen2.5-Omni's within 2 s chunks of a clip), so
-  caching per clip is exact. The Qwen2-Audio tower *uses* its attention mask (built from
+  within a clip only, under its attention mask; Qwen2.5-Omni's within 2 s chunks of a clip;
+  Voxtral's over the clip's whole zero-padded window), so caching per clip is exact. The Qwen2-Audio tower *uses* its attention mask (built from
   ``feature_attention_mask``) although its docstring says it does not; its ``encode_audio`` builds
   it exactly as ``Qwen2AudioModel.forward`` does (transformers 5.23.0). Encoding runs in eval mode
   without gradients; an encoder with trainable parameters before the boundary is refused while
@@ -50,7 +52,6 @@ from llmfair._atomic import atomic_path
 from llmfair.errors import ConfigError, DataError
 from llmfair.speechllm._models import position_ids_from_mask, unwrap_model
 from llmfair.speechllm.backbones import backbone_of
-from llmfair.speechllm.collator import audio_token_counts
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ class EncoderCache:
             for i, tensor in zip(missing, computed):
                 self._save(keys[i], tensor, digests[i])
                 found[i] = tensor.detach()
-        expected = audio_token_counts(batch["feature_attention_mask"]).tolist()
+        # as many rows as the row's audio tokens (what the collator checked against the features)
+        expected = (batch["input_ids"] == base.config.audio_token_id).sum(-1).tolist()
         for i, (tensor, n) in enumerate(zip(found, expected)):
             if tensor.shape[0] != n:
                 raise DataError(f"encoder cache entry {self.path(keys[i])} has {tensor.shape[0]} frames but the clip "

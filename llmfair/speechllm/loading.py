@@ -1,5 +1,5 @@
 """Load a speech LLM and its processor: ``"tiny"``, a local directory, or a hub id, of any
-registered backbone family (:mod:`llmfair.speechllm.backbones`: Qwen2-Audio, Qwen2.5-Omni, ...).
+registered backbone family (:mod:`llmfair.speechllm.backbones`: Qwen2-Audio, Qwen2.5-Omni, Voxtral).
 
 Every source goes through the same code path: the checkpoint's ``config.model_type`` picks the
 family (checked against a requested ``family``), then the family's transformers class
@@ -101,6 +101,47 @@ def resolve_model_source(name_or_path: str | os.PathLike, *, revision: str | Non
             f"model {name!r} is neither a local directory nor in the offline Hugging Face cache; "
             f"download it where the hub is reachable (huggingface-cli download {name}) or pass a local path")
     return name, False, False
+
+
+def checkpoint_family(name_or_path: str | os.PathLike, family: str | None = None, *,
+                      revision: str | None = None) -> str | None:
+    """The registered family of a model source, found without loading (or downloading) anything.
+
+    ``"tiny"`` is the tiny build of ``family`` (Qwen2-Audio when None). A local directory or a hub
+    id already in the Hugging Face cache: the family of its ``config.json`` ``model_type``, checked
+    against ``family``. A hub id not in the cache: ``family`` as given (None: unknown until it is
+    downloaded).
+
+    Raises:
+        ConfigError: an unknown family, a checkpoint of no registered family (naming the supported
+            ones), or a family/checkpoint mismatch.
+    """
+    import json
+
+    from llmfair.speechllm.backbones import get_backbone, resolve_family
+
+    name = os.fspath(name_or_path)
+    if family is not None:
+        get_backbone(family)
+    if name == "tiny":
+        from llmfair.speechllm.tiny import DEFAULT_FAMILY
+
+        return family or DEFAULT_FAMILY
+    config_file: str | None = None
+    if Path(name).expanduser().is_dir():
+        config_file = str(Path(name).expanduser() / "config.json")
+    elif _HUB_ID.match(name):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json", revision=revision)
+        config_file = cached if isinstance(cached, str) else None
+    if config_file is None or not os.path.isfile(config_file):
+        return family
+    try:
+        model_type = json.loads(Path(config_file).read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the configuration of model {name!r} ({config_file}): {exc}") from None
+    return resolve_family(family, model_type, where=f"model {name!r}").name
 
 
 def _resolve_dtype(dtype: Any, *, is_tiny: bool, allow_fp16: bool, name: str):

@@ -5,7 +5,8 @@ linear layer of the Whisper-style audio tower and the projector too (QWEN2AUDIO.
 therefore names its targets with regexes over the transformers 5.x module tree; each backbone
 family declares its presets (``SpeechBackbone.target_presets``) under the same two names. On
 Qwen2-Audio (``model.{audio_tower,multi_modal_projector,language_model}`` + ``lm_head``; the
-Qwen2.5-Omni thinker has the same paths, its projector being ``model.audio_tower.proj``):
+Qwen2.5-Omni thinker and Voxtral have the same paths, Omni's projector being
+``model.audio_tower.proj``):
 
 * ``"llm"`` (default): the language model's attention and MLP projections,
   ``model.language_model.layers.N.(self_attn.(q|k|v|o)_proj|mlp.(gate|up|down)_proj)``;

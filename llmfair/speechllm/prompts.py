@@ -53,27 +53,36 @@ class ChatFormat:
     """How one family's chat template lays out a system turn, a user turn holding one audio clip and
     text, and the start of the assistant's answer::
 
-        {system_start}{system}{turn_end}\\n{user_start}{audio_placeholder}{instruction}{turn_end}\\n{answer_prefix}
+        {bos}{system_start}{system}{turn_end}\\n{user_start}{audio_placeholder}{instruction}{user_end}{answer_prefix}
+
+    (the ChatML layout of the Qwen families; Voxtral's Mistral layout has no system turn with audio:
+    ``<s>[INST][BEGIN_AUDIO][AUDIO]{instruction}[/INST]``).
 
     Attributes:
         system_prompt: the family's default system prompt (``prompts.system`` overrides it).
         audio_placeholder: what stands for the clip; holds the processor's audio token once.
-        system_start, user_start: the markers that open a system / user turn.
+        system_start, user_start: the markers that open a system / user turn; ``system_start=None``:
+            the format has no system turn (a non-empty ``prompts.system`` is refused).
         turn_end: the token that closes a turn (also appended after the answer for ``answer_loss: lm``).
+        user_end: what closes the user turn (default: ``turn_end`` and a newline, as in ChatML).
         answer_prefix: what opens the assistant's turn; the answer's first token follows it.
+        bos: what starts every prompt (Mistral's ``<s>``; nothing in ChatML).
     """
 
     system_prompt: str = SYSTEM_PROMPT
     audio_placeholder: str = AUDIO_PLACEHOLDER
-    system_start: str = "<|im_start|>system\n"
+    system_start: str | None = "<|im_start|>system\n"
     user_start: str = "<|im_start|>user\n"
     turn_end: str = "<|im_end|>"
     answer_prefix: str = "<|im_start|>assistant\n"
+    user_end: str | None = None
+    bos: str = ""
 
     def render(self, system: str, user: str) -> str:
         """The prompt up to and including ``answer_prefix``; ``user`` is the text after the audio."""
-        return (f"{self.system_start}{system}{self.turn_end}\n{self.user_start}{self.audio_placeholder}"
-                f"{user}{self.turn_end}\n{self.answer_prefix}")
+        head = self.bos if self.system_start is None else f"{self.bos}{self.system_start}{system}{self.turn_end}\n"
+        user_end = f"{self.turn_end}\n" if self.user_end is None else self.user_end
+        return f"{head}{self.user_start}{self.audio_placeholder}{user}{user_end}{self.answer_prefix}"
 
 
 QWEN2_AUDIO_CHAT = ChatFormat()
@@ -131,6 +140,10 @@ class PromptTemplate:
     def __post_init__(self) -> None:
         if self.system is None:
             self.system = self.chat.system_prompt
+        if self.system and self.chat.system_start is None:
+            raise ConfigError(f"prompts.system is set ({self.system!r}) but this model family's chat format has no "
+                              "system turn with audio (Voxtral: mistral-common refuses system messages when audio is "
+                              "present); leave prompts.system out or empty")
         for lang, per in self.instructions.items():
             _check_language(lang, "instructions")
             if not isinstance(per, Mapping):

@@ -16,7 +16,8 @@ released models:
   real tokenizers.
 
 What each family builds is in its module under :mod:`llmfair.speechllm.backbones`
-(``tiny_spec``, ``build_tiny``). Building takes about a second; ``tiny_model_path`` builds once
+(``tiny_spec``, ``build_tiny``): the Qwen families train a Hugging Face BPE tokenizer, Voxtral a
+Tekken ``tekken.json`` for mistral-common (``pip install 'llmfair[voxtral]'``). Building takes about a second; ``tiny_model_path`` builds once
 per specification into a cache directory (``$LLMFAIR_CACHE`` or ``~/.cache/llmfair``) and reuses it.
 """
 from __future__ import annotations
@@ -67,6 +68,9 @@ def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, window_second
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone.build_tiny(out, spec)
+    missing = [name for name in ("config.json", "model.safetensors") if not (out / name).is_file()]
+    if missing:  # never mark a build complete that a later load would fail on
+        raise RuntimeError(f"the tiny {backbone.title} build in {out} wrote no {', '.join(missing)}")
     write_json(out / MARKER_FILE, spec)
     logger.info("built tiny %s in %s", backbone.title, out)
     return out

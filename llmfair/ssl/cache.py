@@ -112,6 +112,38 @@ def _load_clip(source: Any) -> np.ndarray:
     return load_audio(source)
 
 
+def _extract_batch(extractor: FeatureExtractor, batch_sources: Sequence[tuple[Any, str]]) -> np.ndarray:
+    """One ``extractor.extract`` call on loaded clips; errors name the batch's clips."""
+    clips = [_load_clip(source) for source, _ in batch_sources]
+    try:
+        features = np.asarray(extractor.extract(clips), dtype=np.float32)
+    except DataError as exc:
+        names = ", ".join(what for _, what in batch_sources[:5])
+        raise DataError(f"{exc} (batch: {names}{' ...' if len(batch_sources) > 5 else ''})") from None
+    if features.shape[0] != len(batch_sources):
+        raise DataError(f"extractor {extractor.name!r} returned {features.shape[0]} rows for "
+                        f"{len(batch_sources)} clips")
+    return features
+
+
+def extract_clips(extractor: FeatureExtractor, examples_or_paths: Iterable[AudioItem], batch_size: int = 16) -> np.ndarray:
+    """Features of every clip, (N, ...) float32 in input order, computed without the cache.
+
+    The same batches and checks as :func:`extract_features` (which adds the per-clip cache); the
+    resumable corpus job (:mod:`llmfair.ssl.extract`) calls this per chunk when it has no cache.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    sources = [_audio_source(item) for item in examples_or_paths]
+    if not sources:
+        raise DataError("no audio to extract features from")
+    parts = [_extract_batch(extractor, sources[i:i + batch_size]) for i in range(0, len(sources), batch_size)]
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise DataError(f"extractor {extractor.name!r} produced features of several shapes {sorted(shapes)}")
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
 def extract_features(
     extractor: FeatureExtractor,
     examples_or_paths: Iterable[AudioItem],
@@ -164,16 +196,7 @@ def extract_features(
               disable=not progress) as bar:
         for start in range(0, len(missing), batch_size):
             batch_keys = missing[start:start + batch_size]
-            batch_sources = [sources[first[k]] for k in batch_keys]
-            clips = [_load_clip(source) for source, _ in batch_sources]
-            try:
-                features = np.asarray(extractor.extract(clips), dtype=np.float32)
-            except DataError as exc:
-                names = ", ".join(what for _, what in batch_sources[:5])
-                raise DataError(f"{exc} (batch: {names}{' ...' if len(batch_sources) > 5 else ''})") from None
-            if features.shape[0] != len(batch_keys):
-                raise DataError(f"extractor {extractor.name!r} returned {features.shape[0]} rows for "
-                                f"{len(batch_keys)} clips")
+            features = _extract_batch(extractor, [sources[first[k]] for k in batch_keys])
             for key, row in zip(batch_keys, features):
                 _write(cache_path(extractor, key, cache_dir), row, _metadata(extractor, key))
                 found[key] = row

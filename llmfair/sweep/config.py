@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llmfair.errors import ConfigError
+from llmfair.groups.infer import GroupInferenceOptions
 from llmfair.options import dataclass_from_mapping
 from llmfair.ssl.head import HeadOptions
 from llmfair.ssl.train_head import HeadTrainingOptions
 
 CORPORA: tuple[str, ...] = ("crema_d",)
-GROUP_SOURCES: tuple[str, ...] = ("gender", "class_gender", "pseudo", "clusters")
+GROUP_SOURCES: tuple[str, ...] = ("gender", "class_gender", "pseudo", "clusters", "rater")
 SUPERVISION_LEVELS: dict[str, str] = {"true_gender": "●", "pseudo": "⦿", "unsupervised": "○", "none": ""}
 """Supervision level → the IDI table's symbol (● true gender, ⦿ pseudo labels, ○ clusters / none)."""
 DEFAULT_SUPERVISION: dict[str, str] = {
-    "gender": "true_gender", "class_gender": "true_gender", "pseudo": "pseudo", "clusters": "unsupervised"}
+    "gender": "true_gender", "class_gender": "true_gender", "pseudo": "pseudo", "clusters": "unsupervised",
+    "rater": "true_gender"}
 OVERALL_FAMILIES: tuple[str, ...] = ("ds", "rw", "gdro", "gadro")
 """The methods whose rows IDI averages into "Overall" (METHODS.md §3)."""
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -81,6 +83,45 @@ class FeatureSource:
 
 
 @dataclass
+class GroupSource(GroupInferenceOptions):
+    """``infer_groups``: the sweep infers the groups itself (:func:`llmfair.groups.infer_groups`)
+    from speaker embeddings in a features directory, extracting them there first when the folder
+    holds none and ``extractor`` is named. The groups file goes to ``<features>/groups-<hash>/``, the
+    hash covering the inference options, so a changed source never reuses another's groups (and
+    finished runs trained on other groups are refused)."""
+
+    features: str = field(default="", metadata={"help": "features directory of the corpus's speaker embeddings "
+                                                        "(llmfair features extract)"})
+    extractor: str | None = field(
+        default=None, metadata={"help": "the extractor those features must come from; when the folder holds none, "
+                                        "the sweep extracts them with it"})
+    extractor_options: dict = field(default_factory=dict, metadata={"help": "the extractor's options"})
+    audio_dir: str | None = field(
+        default=None, metadata={"help": "the corpus audio to extract from (default: features.audio_dir)"})
+    batch_size: int = field(default=16, metadata={"help": "clips per extractor call"})
+    chunk_size: int = field(default=256, metadata={"help": "clips per resumable extraction chunk"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.features:
+            raise ConfigError("'features' (a features directory of speaker embeddings) is required")
+
+    def inference_options(self) -> GroupInferenceOptions:
+        """The options :func:`llmfair.groups.infer_groups` takes."""
+        return GroupInferenceOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GroupInferenceOptions)})
+
+    def groups_path(self) -> Path:
+        """``<features>/groups-<hash[:12]>/groups.csv``: the hash covers what determines the groups."""
+        import hashlib
+        import json
+
+        key = {**self.inference_options().identity(), "extractor": self.extractor,
+               "extractor_options": self.extractor_options}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        return Path(self.features) / f"groups-{digest[:12]}" / "groups.csv"
+
+
+@dataclass
 class SweepConfig:
     """A sweep: corpus, features, methods and the grid (YAML keys = field names)."""
 
@@ -89,6 +130,13 @@ class SweepConfig:
     features: FeatureSource | None = field(default=None, metadata={"help": "feature source (path or extractor)"})
     groups_file: str | None = field(
         default=None, metadata={"help": "CSV id, pseudo_gender[, pseudo_p_female, pseudo_p_male], cluster_<K>"})
+    infer_groups: dict | None = field(
+        default=None, metadata={"help": "instead of groups_file: GroupSource keys (features directory, extractor, "
+                                        "pseudo_model, K, seed); the sweep infers the groups itself"})
+    ratings_file: str | None = field(
+        default=None, metadata={"help": "CSV id, rater, rater_gender, emotion (one row per annotation): per-rater "
+                                        "training rows for groups: rater (two_sided) and rater-side ΔSP for every "
+                                        "run (llmfair.sweep.raters)"})
     methods: list = field(default_factory=list, metadata={"help": "list of MethodSpec mappings"})
     ratios: list = field(default_factory=lambda: [1, 5, 10, 20, 40], metadata={"help": "r of the 1:r settings, each >= 1"})
     folds: list = field(default_factory=lambda: [1, 2, 3, 4, 5], metadata={"help": "EMO-SUPERB folds"})
@@ -164,10 +212,16 @@ class SweepConfig:
             raise ConfigError(f"{src}: method name(s) {dup} appear more than once")
         if self.reference not in names:
             raise ConfigError(f"{src}: reference {self.reference!r} is not one of the methods {names}")
+        if self.infer_groups is not None:
+            self._resolve_group_source()
         if any(m.groups in ("pseudo", "clusters") for m in self.methods) and not self.groups_file:
             users = [m.name for m in self.methods if m.groups in ("pseudo", "clusters")]
             raise ConfigError(f"{src}: methods {users} train on inferred groups; set groups_file (CSV id, "
-                              "pseudo_gender, cluster_<K>)")
+                              "pseudo_gender, cluster_<K>) or infer_groups (a features directory to infer them from)")
+        if any(m.groups == "rater" for m in self.methods) and not self.ratings_file:
+            users = [m.name for m in self.methods if m.groups == "rater"]
+            raise ConfigError(f"{src}: methods {users} train on per-rater rows (groups: rater); set ratings_file "
+                              "(CSV id, rater, rater_gender, emotion)")
 
     # --------------------------------------------------------------------------- construction
     @classmethod
@@ -194,6 +248,35 @@ class SweepConfig:
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         return cls.from_mapping(values, source=str(path))
+
+    def _resolve_group_source(self) -> None:
+        """Validate ``infer_groups`` against the methods and point ``groups_file`` at its groups file."""
+        src, where = self.source, f"{self.source} [infer_groups]"
+        if not isinstance(self.infer_groups, Mapping):
+            raise ConfigError(f"{where}: must be a mapping of GroupSource keys, got {self.infer_groups!r}")
+        pseudo_users = [m.name for m in self.methods if m.groups == "pseudo"]
+        ks = sorted({k for m in self.methods if m.groups == "clusters" for k in m.K})
+        if not pseudo_users and not ks:
+            raise ConfigError(f"{where}: no method trains on groups: pseudo or groups: clusters")
+        values = {"methods": (["pseudo"] if pseudo_users else []) + (["kmeans"] if ks else []), "K": ks or [2],
+                  **self.infer_groups}
+        group_source = _validated(GroupSource, values, where)
+        if pseudo_users and "pseudo" not in group_source.methods:
+            raise ConfigError(f"{where}: methods {pseudo_users} train on pseudo labels; add pseudo to methods")
+        for m in self.methods:
+            missing = [k for k in m.K if "kmeans" not in group_source.methods or k not in group_source.K]
+            if missing:
+                raise ConfigError(f"{where}: method {m.name!r} trains on K = {missing}, which infer_groups does not "
+                                  f"infer (methods {group_source.methods}, K = {group_source.K})")
+        derived = str(group_source.groups_path())
+        if self.groups_file not in (None, derived):
+            raise ConfigError(f"{src}: give groups_file or infer_groups, not both")
+        self.groups_file = derived
+        self.infer_groups = dataclasses.asdict(group_source)
+
+    def group_source(self) -> GroupSource | None:
+        """The validated ``infer_groups`` (None when the groups come from a file or are not needed)."""
+        return None if self.infer_groups is None else GroupSource(**self.infer_groups)
 
     def head_options(self) -> HeadOptions:
         return _validated(HeadOptions, self.head, f"{self.source} [head]")
@@ -260,6 +343,7 @@ def _method(values: Any, i: int, src: str) -> MethodSpec:
             raise ConfigError(f"{where}: K has duplicates: {m.K!r}")
     elif m.K:
         raise ConfigError(f"{where}: K is only for groups: clusters (this method has groups: {m.groups})")
+    _check_objective_groups(m, where)
     if m.family is None:
         m.family = "ds" if m.sampler == "ds" else m.objective
     if m.supervision is None:
@@ -268,3 +352,28 @@ def _method(values: Any, i: int, src: str) -> MethodSpec:
         raise ConfigError(f"{where}: supervision {m.supervision!r}; expected one of {list(SUPERVISION_LEVELS)}")
     return m
 
+
+def _check_objective_groups(m: MethodSpec, where: str) -> None:
+    """Build the method's objective once on the group attributes its runs will give it — (speaker
+    gender, rater gender) for ``groups: rater``, (language, modality, gender) otherwise — so that
+    an objective needing other attributes (``two_sided``: ``rater_gender``) fails at load time.
+    Torch's global RNG is left as it was (objectives may draw their layers from it)."""
+    import torch
+
+    from llmfair.data.grouping import GroupSpec
+    from llmfair.data.ratings import rater_group_spec
+    from llmfair.objectives import build_objective
+
+    if m.groups == "rater":
+        spec = rater_group_spec()
+    else:
+        spec = GroupSpec(("language", "modality", "gender"), (("eng", "audio", "female"), ("eng", "audio", "male")))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            build_objective(m.objective, spec, m.options, source=f"{where} options")
+    except ConfigError as exc:
+        if m.groups != "rater" and "group attribute" in str(exc):
+            raise ConfigError(f"{where}: objective {m.objective!r} cannot train on groups: {m.groups} ({exc}); "
+                              "set groups: rater and ratings_file (one training row per rater annotation)") from None
+        if m.groups == "rater":
+            raise ConfigError(f"{where}: {exc}") from None

@@ -5,7 +5,10 @@ file or an extractor through the feature cache), the inferred groups of ``groups
 
 The groups file is a CSV with column ``id``, ``pseudo_gender`` (female/male), optionally
 ``pseudo_p_female`` and ``pseudo_p_male`` (soft memberships for PGDRO), and ``cluster_<K>``
-(integer cluster ids 0..K−1); only training rows need them.
+(integer cluster ids 0..K−1); only training rows need them. With ``infer_groups`` instead, the
+sweep writes that file itself (:func:`build_inferred_groups`: the features directory is extracted
+first when needed, then :func:`llmfair.groups.infer_groups`). Either way the file is checked
+before any run reads it (:func:`check_group_table`: every K, the pseudo labels, every training id).
 """
 from __future__ import annotations
 
@@ -266,7 +269,98 @@ class SweepInputs:
         return self._features
 
     def groups(self) -> GroupTable | None:
+        """The inferred groups (None without ``groups_file``): inferred first when the config has
+        ``infer_groups`` and its groups file is not there yet, then checked to cover every K, the
+        pseudo labels and every training utterance the grid's runs will read."""
         if not self._groups_loaded:
-            self._groups = load_group_table(self.config.groups_file) if self.config.groups_file else None
+            if self.config.groups_file:
+                source = self.config.group_source()
+                if source is not None:
+                    build_inferred_groups(self.config, source, self)
+                self._groups = load_group_table(self.config.groups_file)
+                check_group_table(self._groups, self.config, self)
             self._groups_loaded = True
         return self._groups
+
+
+# ===================================================================================== inferred groups
+def _speaker_features(config: SweepConfig, source: Any, data: SweepInputs):
+    """The features directory of ``infer_groups``: read, or extracted first when it holds no
+    finished extraction and an extractor is named (resuming an interrupted one); then checked to be
+    of the named extractor and to cover every utterance of the corpus."""
+    from llmfair.ssl import build_feature_extractor
+    from llmfair.ssl.extract import MANIFEST_FILE, extract_corpus_features, load_feature_set
+
+    folder = Path(source.features)
+    where = f"{config.source} [infer_groups]"
+    extractor = None
+    if source.extractor is not None:
+        extractor = build_feature_extractor(source.extractor, source.extractor_options,
+                                            source=f"{where} extractor_options")
+    if not (folder / MANIFEST_FILE).is_file() and extractor is not None:
+        from llmfair.data.crema_d import read_crema_d
+
+        audio_dir = source.audio_dir or (config.features.audio_dir if config.features else None)
+        if not audio_dir:
+            raise ConfigError(f"{where}: {folder} holds no finished extraction; give audio_dir (the corpus audio) to "
+                              f"extract {source.extractor} features into it")
+        examples = read_crema_d(config.labels_dir, config.folds[0], audio_dir=audio_dir)
+        extract_corpus_features(examples, extractor, folder, chunk_size=source.chunk_size, batch_size=source.batch_size,
+                                corpus={"kind": config.corpus, "path": str(Path(config.labels_dir).resolve()),
+                                        "audio_dir": str(Path(audio_dir).resolve())})
+    features = load_feature_set(folder)
+    if extractor is not None and features.extractor != extractor.name:
+        raise DataError(f"{folder} holds {features.extractor} features; {where} names the {extractor.name} extractor")
+    if extractor is not None and features.config_hash != extractor.config_hash():
+        raise DataError(f"{folder} holds {features.extractor} features of another configuration "
+                        f"({features.config_hash[:12]}, {where} gives {extractor.config_hash()[:12]}); use another "
+                        "features directory")
+    have = set(features.ids)
+    corpus = [e.id for e in data.fold(config.folds[0])]
+    missing = [i for i in corpus if i not in have]
+    if missing:
+        raise DataError(f"{folder} holds features of another corpus: {len(missing)} of the {len(corpus)} utterances of "
+                        f"{config.labels_dir} have none, e.g. {missing[:3]}")
+    return features
+
+
+def build_inferred_groups(config: SweepConfig, source: Any, data: SweepInputs) -> Path:
+    """Write the groups file of ``infer_groups`` (``config.groups_file``) unless it is complete
+    (its ``.json`` record is written last); returns its path."""
+    from llmfair.groups.infer import infer_groups, sidecar
+
+    path = Path(config.groups_file)
+    if path.is_file() and sidecar(path, ".json").is_file():
+        return path
+    features = _speaker_features(config, source, data)
+    result = infer_groups(features, path, source.inference_options())
+    logger.info("inferred groups in %s (purity %s, pseudo accuracy %s)", path,
+                {k: round(v, 3) for k, v in result.purity.items()}, result.pseudo_accuracy)
+    return path
+
+
+def check_group_table(groups: GroupTable, config: SweepConfig, data: SweepInputs) -> None:
+    """Before any run reads it: the groups file has every K and the pseudo labels its methods
+    train on, and a row for every training utterance of every (fold, ratio, seed) of the grid.
+
+    Raises:
+        DataError: one line naming the file and the first missing column, K or ids.
+    """
+    for m in config.methods:
+        if m.groups == "pseudo" and groups.pseudo is None:
+            raise DataError(f"{groups.source} has no column 'pseudo_gender' (method {m.name!r} trains on pseudo labels)")
+        missing = [k for k in m.K if k not in groups.clusters]
+        if m.groups == "clusters" and missing:
+            raise DataError(f"{groups.source} has no column 'cluster_{missing[0]}' (method {m.name!r}, K = {missing[0]}); "
+                            f"it has cluster columns for K = {sorted(groups.clusters)}")
+    if not any(m.groups in ("pseudo", "clusters") for m in config.methods):
+        return
+    for fold in config.folds:
+        for ratio in config.ratios:
+            for seed in config.seeds:
+                train = [e.id for e in data.splits(fold, ratio, seed).examples if e.split == "train"]
+                absent = [i for i in train if i not in groups.index]
+                if absent:
+                    raise DataError(f"{groups.source}: no groups for {len(absent)} training utterance(s) of fold {fold} "
+                                    f"(ratio 1:{ratio:g}, seed {seed}), e.g. {absent[:3]}; it must cover every "
+                                    f"training utterance of {config.labels_dir}")

@@ -25,12 +25,27 @@ logger = logging.getLogger(__name__)
 METRICS: tuple[str, ...] = ("f1", "acc", "tpr_gap_rms", "dp_gap_sum", "dp_gap_rms", "fpr_gap_rms", "f1_gap_rms")
 TABLE_COLUMNS: dict[str, str] = {"f1": "F1", "acc": "ACC", "tpr_gap_rms": "TPRgap", "dp_gap_sum": "DPgap"}
 """Metric → column of the IDI-format Markdown table."""
+RATER_METRICS: tuple[str, ...] = ("rater_dp_gap_sum", "rater_dp_gap_rms")
+"""The rater side of a sweep with a ratings file (:mod:`llmfair.sweep.raters`): results.csv gains
+their columns, and results.md a ``DPgap_rat`` column (``rater_dp_gap_sum``), when any run has them."""
 _ORDER = {"true_gender": 0, "pseudo": 1, "unsupervised": 2, "none": 3}
 """Supervision levels in the order of the Overall rows (true gender, pseudo, clusters, none)."""
-_COLUMNS = (["ratio", "kind", "method", "supervision", "symbol", "K", "family", "objective", "reconstructed",
-             "n_runs", "members"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
-            + [f"gain_{m}" for m in METRICS])
-"""The columns of results.csv."""
+
+
+def _columns(metrics: Sequence[str]) -> list[str]:
+    return (["ratio", "kind", "method", "supervision", "symbol", "K", "family", "objective", "reconstructed",
+             "n_runs", "members"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+            + [f"gain_{m}" for m in metrics])
+
+
+_COLUMNS = _columns(METRICS)
+"""The columns of results.csv (then those of :data:`RATER_METRICS` when runs have them)."""
+
+
+def _metrics_of(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """METRICS, plus RATER_METRICS when any run has a rater-side figure."""
+    rated = any(r["metrics"].get(m) is not None for r in records for m in RATER_METRICS)
+    return METRICS + RATER_METRICS if rated else METRICS
 
 
 def read_run_records(out: str | os.PathLike) -> list[dict[str, Any]]:
@@ -72,26 +87,27 @@ def results_frame(records: Sequence[Mapping[str, Any]], *, reference: str = "erm
 
     if not records:
         raise DataError("no finished runs to collect")
-    frame = pd.DataFrame(_method_rows(records))
+    metrics = _metrics_of(records)
+    frame = pd.DataFrame(_method_rows(records, metrics))
     out_rows = []
     for ratio in sorted(frame["ratio"].unique()):
         block = frame[frame["ratio"] == ratio]
         ref = block[(block["method"] == reference) & block["K"].isna()]
-        ref_means = {m: float(ref[f"{m}_mean"].iloc[0]) for m in METRICS} if len(ref) else None
+        ref_means = {m: float(ref[f"{m}_mean"].iloc[0]) for m in metrics} if len(ref) else None
         if ref_means is None:
             logger.warning("ratio 1:%g: no %r runs; Gain rows are left out", ratio, reference)
         for _, row in block.iterrows():
             row = row.to_dict()
-            for m in METRICS:
+            for m in metrics:
                 row[f"gain_{m}"] = _gain(gain, m, row[f"{m}_mean"], ref_means)
             out_rows.append(row)
-        out_rows += _overall_rows(block, ratio, reference, overall, ref_means, gain)
-    result = pd.DataFrame(out_rows)[_COLUMNS]
+        out_rows += _overall_rows(block, ratio, reference, overall, ref_means, gain, metrics)
+    result = pd.DataFrame(out_rows)[_columns(metrics)]
     result["K"] = result["K"].astype("Int64")
     return result
 
 
-def _method_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _method_rows(records: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:
     """One row per (method, K, ratio): mean and sample std of every metric over its runs, ordered
     by ratio, then the methods' config order (recorded per run), then K."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
@@ -106,7 +122,7 @@ def _method_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row = {"ratio": ratio, "kind": "method", "method": method, "supervision": first.get("supervision", ""),
                "symbol": first["symbol"], "K": k, "family": first["family"], "objective": first.get("objective"),
                "reconstructed": bool(first.get("reconstructed", False)), "n_runs": len(runs), "members": ""}
-        for m in METRICS:
+        for m in metrics:
             values = np.array([np.nan if r["metrics"].get(m) is None else r["metrics"][m] for r in runs], dtype=float)
             row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(values)
         rows.append(row)
@@ -114,7 +130,8 @@ def _method_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _overall_rows(block, ratio: float, reference: str, overall: Sequence[str],
-                  ref_means: Mapping[str, float] | None, gain: Callable) -> list[dict[str, Any]]:
+                  ref_means: Mapping[str, float] | None, gain: Callable,
+                  metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:
     """The Overall rows of one ratio's method rows (``block``), one per supervision level × K,
     each followed by its Gain row when the reference ran at this ratio."""
     import pandas as pd
@@ -131,7 +148,7 @@ def _overall_rows(block, ratio: float, reference: str, overall: Sequence[str],
                 "n_runs": int(sel["n_runs"].sum()), "members": ",".join(sel["method"])}
         overall_row = {**base, "kind": "overall", "method": "Overall"}
         gain_row = {**base, "kind": "gain", "method": "Gain"}
-        for m in METRICS:
+        for m in metrics:
             overall_row[f"{m}_mean"] = float(sel[f"{m}_mean"].mean())
             overall_row[f"{m}_std"] = math.nan
             g = _gain(gain, m, overall_row[f"{m}_mean"], ref_means)
@@ -161,6 +178,9 @@ def results_markdown(frame, *, reference: str = "erm") -> str:
              "DS, RW, GDRO and GADRO rows present at that supervision level (members listed in results.csv); "
              f"Gain = relative change against {reference} (F1, ACC: (M − ERM)/ERM; gaps: (ERM − M)/ERM).", ""]
     any_reconstructed = False
+    columns = dict(TABLE_COLUMNS)
+    if "rater_dp_gap_sum_mean" in frame.columns:
+        columns["rater_dp_gap_sum"] = "DPgap_rat"
     for ratio in sorted(frame["ratio"].unique()):
         block = frame[frame["ratio"] == ratio]
         lines += [f"## Gender imbalance 1:{ratio:g}", ""]
@@ -168,7 +188,7 @@ def results_markdown(frame, *, reference: str = "erm") -> str:
         for _, r in block.iterrows():
             k = "" if pd.isna(r["K"]) else str(int(r["K"]))
             if r["kind"] == "gain":
-                cells = [format_percent(r[f"{m}_mean"], 2) for m in TABLE_COLUMNS]
+                cells = [format_percent(r[f"{m}_mean"], 2) for m in columns]
                 rows.append(["Gain", r["symbol"], k, *cells, ""])
                 continue
             name = r["method"] if r["kind"] == "method" else "Overall"
@@ -176,7 +196,7 @@ def results_markdown(frame, *, reference: str = "erm") -> str:
                 name += " †"
                 any_reconstructed = True
             cells = []
-            for m in TABLE_COLUMNS:
+            for m in columns:
                 text = format_value(r[f"{m}_mean"])
                 if isinstance(r[f"{m}_std"], float) and math.isfinite(r[f"{m}_std"]):
                     text += f" ± {format_value(r[f'{m}_std'])}"
@@ -184,11 +204,15 @@ def results_markdown(frame, *, reference: str = "erm") -> str:
             size = len(r["members"].split(","))
             runs = str(int(r["n_runs"])) if r["kind"] == "method" else f"{size} method{'s' if size > 1 else ''}"
             rows.append([name, r["symbol"], k, *cells, runs])
-        lines += [markdown_table(["method", "sup.", "K", *TABLE_COLUMNS.values(), "runs"], rows,
-                                 ["l", "l", "r", "r", "r", "r", "r", "r"]), ""]
+        lines += [markdown_table(["method", "sup.", "K", *columns.values(), "runs"], rows,
+                                 ["l", "l", "r"] + ["r"] * (len(columns) + 1)), ""]
     notes = ["DPgap is `dp_gap_sum` = sqrt(Σ_c gap_c²) (IDI Eq. 4 literally, no 1/K); results.csv also has "
              "`dp_gap_rms`, `fpr_gap_rms` and `f1_gap_rms`. Fairness is measured on the true gender of the test "
              "speakers; the test split is untouched."]
+    if "rater_dp_gap_sum" in columns:
+        notes.append("DPgap_rat is `rater_dp_gap_sum` = sqrt(Σ_c ΔSP_rat,c²), the same statistic over the test "
+                     "predictions repeated once per rater annotation, grouped by the rater's gender instead of the "
+                     "speaker's (`runs/rater_predictions_<run>.csv`; results.csv also has `rater_dp_gap_rms`).")
     if any_reconstructed:
         notes.insert(0, "† reconstruction: the source paper does not define this method; llmfair implements the "
                         "reconstruction documented in its objective (METHODS.md §2).")

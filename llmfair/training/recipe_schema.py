@@ -99,7 +99,7 @@ BOUNDS: dict[str, Bound] = {
     "lora.dropout": Bound(low=0, high=1, high_open=True),
 }
 
-MODEL_FAMILIES = ("qwen2_audio", "qwen2_5_omni")
+MODEL_FAMILIES = ("qwen2_audio", "qwen2_5_omni", "voxtral")
 """The registered speech-LLM backbone families (``llmfair.speechllm.backbones``; tests/test_backbones.py
 checks that this list and the registry agree)."""
 

@@ -7,12 +7,13 @@ synthesises a small corpus offline with eSpeak NG and writes it exactly as the M
     OUT/corpus.json          generator, format_version, seed, config, counts, sha256 of every file
     OUT/speaker_gender.csv   speaker,gender (every synthetic speaker)
     OUT/ratings.csv          pair,id,rater,rater_gender,emotion (every rater annotation)
+    OUT/recording_sessions.csv   pair,id,session (only with ``recording_sessions``)
     OUT/ENG_DEU/deu_{train,valid,test}.csv   OUT/ENG_JPN/jpn_{train,valid,test}.csv
     OUT/<pair>/<LANGUAGE>/<split>/<split>_<id>.wav   (split train/dev/test; 16 kHz mono PCM_16)
 
 How the corpus is built (every random choice comes from its own seeded stream, so changing the
-rater knobs never changes the audio, and a train-imbalanced corpus is a subset of the balanced
-one with the same seed, ids and audio bytes):
+rater knobs — ``rater_*`` and ``raters_*`` — never changes the audio, and a train-imbalanced corpus
+is a subset of the balanced one with the same seed, ids and audio bytes):
 
 1. **Speakers** (:func:`make_speakers`): synthetic characters with a unique name, a gender, an
    eSpeak voice variant (15 per gender, :data:`VOICE_VARIANTS`: f1–f5 and named voices such as
@@ -43,15 +44,40 @@ one with the same seed, ids and audio bytes):
    IDI majority genders (anger, disgust, neutral → male; fear, joy, sadness, surprise → female).
    The ratio is exact in each pair's CSV (hence for German and Japanese); English, which the
    reader de-duplicates over both pairs, follows it approximately. Dev and test are untouched.
-5. **Ratings** (:func:`simulate_ratings`): each source utterance is rated by
-   ``raters_per_utterance`` raters from a pool of ``raters_per_gender`` women and men.
-6. **Synthesis**: only what is kept is synthesised, once per (utterance, language) — a shared
+5. **Recording sessions** (optional, ``recording_sessions`` = S ≥ 2; :func:`make_sessions`): as in
+   IEMOCAP, where each session was recorded on its own and labelled by its own evaluators, every
+   source utterance is recorded in one of S sessions — assigned in turn inside each (split,
+   emotion, speaker gender), so every session holds the same mix — and each session has
+
+   - a **channel** the audio reveals (:func:`record_in_session`, applied to every language's clip
+     of the utterance after the formant shift): a room (direct sound plus an exponentially decaying
+     noise tail, RT60 0.05–0.5 s), microphone/line band limits (4th-order Butterworth band-pass,
+     high-pass 60–300 Hz, low-pass 3.4–7.6 kHz) and a white noise floor (−66 to −42 dBFS RMS),
+     each parameter spread over the sessions (:data:`SESSION_CHANNEL_RANGES`); the log-mel
+     statistics of the ``acoustic`` extractor tell the sessions apart;
+   - a **rater panel of one gender**: even sessions are rated by women, odd ones by men
+     (:data:`SESSION_PANELS`).
+
+   Rater gender is then carried by the audio, and the male raters' bias below reaches the labels
+   of exactly the clips recorded in the men's sessions: a model trained on per-rater labels learns
+   the channel as a cue for the biased label and predicts differently for clips that men rated —
+   a rater-side disparity (ΔSP_rat) that the rater side of two-sided balancing
+   (:mod:`llmfair.objectives.two_sided`) can act on. Without sessions (the default) raters are
+   drawn from the whole pool, and nothing in the audio tells who rated a clip.
+6. **Ratings** (:func:`simulate_ratings`): each source utterance is rated by
+   ``raters_per_utterance`` raters from a pool of ``raters_per_gender`` women and men (with
+   sessions: from its session's panel). A rater reports the true emotion with probability
+   ``rater_accuracy``; with probability ``rater_bias`` a male rater hears a woman's anger as
+   sadness and her disgust as fear (any speaker's with ``rater_bias_speakers=all``).
+7. **Synthesis**: only what is kept is synthesised, once per (utterance, language) — a shared
    English utterance has the same bytes in both pairs. eSpeak speaks at 22,050 Hz with settings
    compensated for the speaker's α (:func:`espeak_settings`); the samples are then resampled to
    16 kHz with :func:`llmfair.data.audio.resample` *as if* they were at 22,050·α Hz, which scales
    the formants by α while F0 and duration stay put (within ~3 % and ~1 %). English times in the
    CSVs place each utterance in its own 10-second slot of a (season, episode), with the clip's
-   real duration; a dubbed line starts where its English source starts.
+   real duration; a dubbed line starts where its English source starts. With sessions, each clip
+   then goes through its session's channel (:func:`record_in_session`; same length, the noise drawn
+   per utterance and language).
 
 Default size (``SynthConfig()``): 640 rows per pair (336 train, 64 dev, 240 test), 832 source
 utterances, 2,112 clips, 2,560 WAV files (about 170 MB), generated in about 15 s on 2 CPU cores.
@@ -63,6 +89,7 @@ Everything is written into a temporary sibling directory and moved into place wh
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -94,9 +121,15 @@ logger = logging.getLogger(__name__)
 GENERATOR = "llmfair.synth"
 FORMAT_VERSION = 2
 """2: formant-shifted speakers and new voice variants (the audio of every config changed)."""
+_KNOBS_ADDED_IN_FORMAT_2 = ("rater_bias_speakers", "recording_sessions")
+"""Knobs added without a format change (at their defaults the files are those of format 2): a
+manifest without them describes the corpus with them at their defaults."""
 MANIFEST_FILE = "corpus.json"
 SPEAKER_GENDER_FILE = "speaker_gender.csv"
 RATINGS_FILE = "ratings.csv"
+SESSIONS_FILE = "recording_sessions.csv"
+"""pair,id,session of every row (written only with ``recording_sessions``; the sessions' channels
+and panels are in ``corpus.json``)."""
 MAX_CLIP_SECONDS = 8.0
 """Clips longer than this are re-synthesised faster (rate scaled up) until they fit."""
 
@@ -186,6 +219,26 @@ _LAST_NAMES: tuple[str, ...] = (
 
 # RNG streams: one per kind of decision, so the knobs of one stage never perturb another
 _STREAM_SPEAKERS, _STREAM_PLAN, _STREAM_IMBALANCE, _STREAM_RATINGS, _STREAM_ESPEAK = 1, 2, 3, 4, 5
+_STREAM_SESSIONS, _STREAM_CHANNEL = 6, 7
+
+RATER_BIAS_SPEAKERS: tuple[str, ...] = ("female", "all")
+"""``rater_bias_speakers``: whose anger and disgust the male raters mishear."""
+MAX_SESSIONS = 16
+"""The most ``recording_sessions``."""
+SESSION_PANELS: tuple[str, ...] = ("female", "male")
+"""Session k is rated by the raters of gender ``SESSION_PANELS[k % 2]``."""
+SESSION_CHANNEL_RANGES: dict[str, tuple[float, float]] = {
+    "highpass_hz": (60.0, 300.0),
+    "lowpass_hz": (3400.0, 7600.0),
+    "reverb_seconds": (0.05, 0.5),
+    "noise_dbfs": (-66.0, -42.0),
+}
+"""Bounds of each recording session's channel (:class:`RecordingSession`): microphone / line band
+limits (a 4th-order Butterworth band-pass, from telephone-like to nearly the full 8 kHz), the room's
+RT60 and the noise floor (RMS, dBFS). Frequencies and RT60 are spread on a log scale, the noise
+level on a linear one (see :func:`make_sessions`)."""
+REVERB_LEVEL = 0.5
+"""Energy of the room's reverberant tail relative to the direct sound (−3 dB)."""
 
 
 # ------------------------------------------------------------------------------------ prosody
@@ -307,7 +360,15 @@ class SynthConfig:
         default=0.85, metadata={"help": "probability that a rater reports the true emotion (else a random other)"})
     rater_bias: float = field(
         default=0.0, metadata={"help": "extra probability that a male rater hears a woman's anger as sadness and "
-                                       "her disgust as fear"})
+                                       "her disgust as fear (every speaker's with rater_bias_speakers=all)"})
+    rater_bias_speakers: str = field(
+        default="female", metadata={"help": "whose anger and disgust male raters mishear: female (women's) or all "
+                                             "(every speaker's)"})
+    recording_sessions: int = field(
+        default=0, metadata={"help": "recording sessions, each with its own channel (band limits, room echo, noise "
+                                     "floor) that the audio reveals and its own one-gender rater panel (even "
+                                     "sessions rated by women, odd by men); 0 = one clean channel and raters drawn "
+                                     "from the whole pool"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -329,9 +390,9 @@ class SynthConfig:
             value = getattr(self, f.name)
             if f.name == "train_imbalance_ratio" and value is None:
                 continue
-            if f.name == "emotion_priors":
+            if f.name in ("emotion_priors", "rater_bias_speakers"):
                 if not isinstance(value, str):
-                    raise ConfigError(f"emotion_priors must be a string, got {value!r}")
+                    raise ConfigError(f"{f.name} must be a string, got {value!r}")
                 continue
             if f.type in ("int", int) or f.name in ("seed",):
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -373,6 +434,14 @@ class SynthConfig:
               f"must be <= the rater pool (2 × raters_per_gender = {2 * self.raters_per_gender})")
         check("rater_accuracy", 0.0 <= self.rater_accuracy <= 1.0, "must be in [0, 1]")
         check("rater_bias", 0.0 <= self.rater_bias <= 1.0, "must be in [0, 1]")
+        check("rater_bias_speakers", self.rater_bias_speakers in RATER_BIAS_SPEAKERS,
+              f"must be one of {RATER_BIAS_SPEAKERS}")
+        check("recording_sessions", self.recording_sessions == 0 or 2 <= self.recording_sessions <= MAX_SESSIONS,
+              f"must be 0 (no sessions) or 2..{MAX_SESSIONS} (one session cannot have both rater panels)")
+        if self.recording_sessions:
+            check("raters_per_utterance", self.raters_per_utterance <= self.raters_per_gender,
+                  f"must be <= raters_per_gender ({self.raters_per_gender}) with recording_sessions: a session's "
+                  "raters all come from its one-gender panel")
 
     def priors(self) -> dict[str, float]:
         """The parsed, normalised emotion priors."""
@@ -423,6 +492,27 @@ class SourceUtterance:
     season: int = 0
     episode: int = 0
     begin_ms: int = 0
+    session: int = -1  # index into CorpusPlan.sessions; -1: no recording sessions (clean channel)
+
+
+@dataclass(frozen=True)
+class RecordingSession:
+    """A recording session: the channel every clip recorded in it goes through, and its rater panel.
+
+    ``highpass_hz``/``lowpass_hz``: band limits of the microphone and line (4th-order Butterworth
+    band-pass); ``reverb_seconds``: RT60 of the room (its impulse response is the direct sound plus an
+    exponentially decaying noise tail holding :data:`REVERB_LEVEL` of its energy); ``noise_dbfs``: RMS
+    of the white noise floor added last. ``rater_gender``: the gender of every rater who labels the
+    session's clips. ``room_seed`` seeds the room's impulse response.
+    """
+
+    index: int
+    rater_gender: str
+    highpass_hz: float
+    lowpass_hz: float
+    reverb_seconds: float
+    noise_dbfs: float
+    room_seed: int = 0
 
 
 @dataclass
@@ -444,6 +534,7 @@ class CorpusPlan:
     planned_rows: dict[str, int]  # pair → rows before train imbalance
     ratings: dict[int, list[tuple[str, str, str]]]  # source index → [(rater, rater_gender, emotion)]
     raters: list[tuple[str, str]]
+    sessions: list[RecordingSession] = field(default_factory=list)  # empty: no recording sessions
 
 
 def _rng(seed: int, stream: int, *more: int) -> np.random.Generator:
@@ -620,6 +711,8 @@ def plan_corpus(config: SynthConfig) -> CorpusPlan:
                     sentence=sentence, prosody=_utterance_prosody(emotion, speaker, config, rng),
                 ))
     _place_in_show(sources, rng)
+    sessions = make_sessions(config)
+    _assign_sessions(sources, len(sessions), config.seed)
 
     rows: dict[str, list[PairRow]] = {}
     planned: dict[str, int] = {}
@@ -633,7 +726,50 @@ def plan_corpus(config: SynthConfig) -> CorpusPlan:
         rows[pair] = pair_rows
     raters, ratings = simulate_ratings(sources, config)
     return CorpusPlan(speakers=speakers, sources=sources, rows=rows, planned_rows=planned,
-                      ratings=ratings, raters=raters)
+                      ratings=ratings, raters=raters, sessions=sessions)
+
+
+def make_sessions(config: SynthConfig) -> list[RecordingSession]:
+    """The ``recording_sessions`` sessions (none when 0), each with its own channel and rater panel.
+
+    Every channel parameter's range (:data:`SESSION_CHANNEL_RANGES`) is cut into S equal slots (log
+    scale for frequencies and RT60, linear for the noise level); each parameter gives its slots to the
+    sessions in its own random order and the value lies in the middle half of the slot, so any two
+    sessions differ in every parameter by at least half a slot. Session k's panel is
+    ``SESSION_PANELS[k % 2]`` (women, men, women, ...), so which channel goes with which panel is
+    random too.
+    """
+    n = config.recording_sessions
+    if n == 0:
+        return []
+    rng = _rng(config.seed, _STREAM_SESSIONS)
+    values: dict[str, np.ndarray] = {}
+    for name, (lo, hi) in SESSION_CHANNEL_RANGES.items():
+        position = (rng.permutation(n) + rng.uniform(0.25, 0.75, size=n)) / n
+        values[name] = lo + position * (hi - lo) if name == "noise_dbfs" else lo * (hi / lo) ** position
+    rooms = rng.integers(0, 2**31, size=n)
+    return [RecordingSession(index=k, rater_gender=SESSION_PANELS[k % len(SESSION_PANELS)],
+                             **{name: float(v[k]) for name, v in values.items()}, room_seed=int(rooms[k]))
+            for k in range(n)]
+
+
+def _assign_sessions(sources: list[SourceUtterance], n_sessions: int, seed: int) -> None:
+    """Give every source utterance a session, balanced inside each (split, emotion, speaker gender):
+    the cell's utterances, in a random order, take the sessions in turn, each cell going on where the
+    split's previous cell stopped (from a random start). So every session holds the same mix of
+    emotions and genders, to within one utterance per cell and per split."""
+    if n_sessions == 0:
+        return
+    rng = _rng(seed, _STREAM_SESSIONS, 1)
+    cells: dict[tuple[int, str, str], list[SourceUtterance]] = {}
+    for s in sources:
+        cells.setdefault((SPLIT_ORDER.index(s.split), s.emotion, s.speaker.gender), []).append(s)
+    turn = {split: int(rng.integers(n_sessions)) for split in range(len(SPLIT_ORDER))}
+    for key in sorted(cells):
+        members = cells[key]
+        for i in rng.permutation(len(members)):
+            members[i].session = turn[key[0]] % n_sessions
+            turn[key[0]] += 1
 
 
 def _place_in_show(sources: list[SourceUtterance], rng: np.random.Generator, dialogue_length: int = 5) -> None:
@@ -672,13 +808,16 @@ def simulate_ratings(
 ) -> tuple[list[tuple[str, str]], dict[int, list[tuple[str, str, str]]]]:
     """Per-rater annotations: the rater pool and, per source utterance, ``(rater, gender, emotion)``.
 
-    Each utterance is rated by ``raters_per_utterance`` distinct raters drawn from the pool. A rater
+    Each utterance is rated by ``raters_per_utterance`` distinct raters drawn from the pool — with
+    ``recording_sessions``, only from its session's panel (the raters of gender
+    ``SESSION_PANELS[session % 2]``; the draw is the same, the other raters are never picked). A rater
     reports the true emotion with probability ``rater_accuracy`` and otherwise a uniformly random
     *other* emotion. The **bias** (``rater_bias`` = b) is systematic and one-sided: when a *male*
-    rater rates a *female* speaker's anger (disgust), with probability b he reports sadness (fear)
-    before accuracy is considered — so male and female raters disagree on women's anger and disgust
-    and agree elsewhere. The probability that a male rater gives a woman's anger the label sadness
-    is ``b + (1 - b)(1 - accuracy)/6``; for a female rater it is ``(1 - accuracy)/6``.
+    rater rates a *female* speaker's anger (disgust) — any speaker's with ``rater_bias_speakers=all``
+    — with probability b he reports sadness (fear) before accuracy is considered — so male and female
+    raters disagree on (women's) anger and disgust and agree elsewhere. The probability that a male
+    rater gives a woman's anger the label sadness is ``b + (1 - b)(1 - accuracy)/6``; for a female
+    rater it is ``(1 - accuracy)/6``.
     """
     raters = [(f"rater{i + 1:02d}", g) for i, g in enumerate(
         ["female"] * config.raters_per_gender + ["male"] * config.raters_per_gender)]
@@ -688,17 +827,25 @@ def simulate_ratings(
         return raters, {s.index: [] for s in sources}
     rng = _rng(config.seed, _STREAM_RATINGS)
     n, classes = len(sources), np.array(MELD.classes)
-    chosen = np.argsort(rng.random((n, len(raters))), axis=1)[:, :k]  # k distinct raters per utterance
+    order = rng.random((n, len(raters)))
+    if config.recording_sessions:
+        if any(s.session < 0 for s in sources):
+            raise DataError("simulate_ratings: recording_sessions is set but a source utterance has no session")
+        panel = np.array([SESSION_PANELS[s.session % len(SESSION_PANELS)] for s in sources])
+        outside = panel[:, None] != np.array([g for _, g in raters])[None, :]
+        order = np.where(outside, order + 1.0, order)  # every panel rater comes before every other rater
+    chosen = np.argsort(order, axis=1)[:, :k]  # k distinct raters per utterance
     chosen.sort(axis=1)
     true = np.array([MELD.index(s.emotion) for s in sources])[:, None].repeat(k, axis=1)
-    female_speaker = np.array([s.speaker.gender == "female" for s in sources])[:, None]
+    biased_speaker = np.array([config.rater_bias_speakers == "all" or s.speaker.gender == "female"
+                               for s in sources])[:, None]
     male_rater = np.array([g == "male" for _, g in raters])[chosen]
     u_bias, u_acc = rng.random((n, k)), rng.random((n, k))
     other = (true + rng.integers(1, len(classes), size=(n, k))) % len(classes)  # uniform over the other 6
     label = np.where(u_acc < config.rater_accuracy, true, other)
     swap = {MELD.index("anger"): MELD.index("sadness"), MELD.index("disgust"): MELD.index("fear")}
     for source_class, heard in swap.items():
-        biased = male_rater & female_speaker & (true == source_class) & (u_bias < config.rater_bias)
+        biased = male_rater & biased_speaker & (true == source_class) & (u_bias < config.rater_bias)
         label = np.where(biased, heard, label)
     for i, s in enumerate(sources):
         ratings[s.index] = [(raters[j][0], raters[j][1], str(classes[label[i, c]])) for c, j in enumerate(chosen[i])]
@@ -709,6 +856,11 @@ def simulate_ratings(
 def _espeak_seed(seed: int, source_index: int, language: str) -> int:
     state = np.random.SeedSequence([seed, _STREAM_ESPEAK, source_index, ("eng", "deu", "jpn").index(language)])
     return int(state.generate_state(1)[0] & 0x7FFF_FFFF)
+
+
+def _channel_seed(seed: int, source_index: int, language: str) -> np.random.SeedSequence:
+    """The seed of a clip's noise floor (one stream per corpus seed, source utterance and language)."""
+    return np.random.SeedSequence([seed, _STREAM_CHANNEL, 1, source_index, ("eng", "deu", "jpn").index(language)])
 
 
 def espeak_settings(prosody: Prosody, formant_shift: float = 1.0) -> dict[str, int]:
@@ -750,12 +902,45 @@ def speak(source: SourceUtterance, language: str, seed: int) -> tuple[np.ndarray
     return samples, sr
 
 
-def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
-    """Resample int16 ``samples`` from ``sample_rate`` to 16 kHz and encode them as a mono PCM_16
-    WAV (deterministic bytes). With :func:`speak`'s virtual rate this also shifts the formants."""
+@functools.lru_cache(maxsize=MAX_SESSIONS)
+def _session_channel(session: RecordingSession) -> tuple[np.ndarray, np.ndarray]:
+    """The room's impulse response and the band-pass (second-order sections) of ``session``."""
+    from scipy.signal import butter
+
+    sr = TARGET_SAMPLE_RATE
+    length = max(1, int(round(session.reverb_seconds * sr)))
+    room = np.random.default_rng(session.room_seed).standard_normal(length)
+    room *= np.exp(-6.9078 * np.arange(1, length + 1) / length)  # −60 dB at RT60
+    room *= math.sqrt(REVERB_LEVEL / float(np.sum(room * room)))
+    sos = butter(4, [session.highpass_hz, session.lowpass_hz], btype="bandpass", fs=sr, output="sos")
+    return np.concatenate([[1.0], room]), sos
+
+
+def record_in_session(audio: np.ndarray, session: RecordingSession, noise_seed: Any) -> np.ndarray:
+    """``audio`` (float, 16 kHz, full scale 1) as recorded in ``session``: through the room (the
+    direct sound plus a decaying noise tail, RT60 ``reverb_seconds``, cut to the clip's length), then
+    the band-pass (``highpass_hz``–``lowpass_hz``), then the noise floor (``noise_dbfs`` RMS, drawn
+    from ``noise_seed``). The room's tail is drawn from the session alone, so every clip of a session
+    goes through the same room. Returns float64 of the same length."""
+    from scipy.signal import fftconvolve, sosfilt
+
+    x = np.asarray(audio, dtype=np.float64)
+    response, sos = _session_channel(session)
+    x = sosfilt(sos, fftconvolve(x, response)[: x.size])
+    noise = np.random.default_rng(noise_seed).standard_normal(x.size)
+    return x + noise * 10.0 ** (session.noise_dbfs / 20.0)
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int, session: RecordingSession | None = None,
+              noise_seed: Any = None) -> bytes:
+    """Resample int16 ``samples`` from ``sample_rate`` to 16 kHz, pass them through ``session``'s
+    channel (:func:`record_in_session`; none by default) and encode them as a mono PCM_16 WAV
+    (deterministic bytes). With :func:`speak`'s virtual rate this also shifts the formants."""
     import soundfile as sf
 
     audio = resample(samples.astype(np.float32) / 32768.0, sample_rate, TARGET_SAMPLE_RATE)
+    if session is not None:
+        audio = record_in_session(audio, session, noise_seed)
     pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
     buffer = io.BytesIO()
     sf.write(buffer, pcm, TARGET_SAMPLE_RATE, subtype="PCM_16", format="WAV")
@@ -795,6 +980,10 @@ def _counts(plan: CorpusPlan, n_audio: int, n_ratings: int) -> dict[str, Any]:
                     table[r.source.emotion][r.source.speaker.gender] += 1
             pairs[pair][split] = {"rows": sum(sum(v.values()) for v in table.values()), "emotion_gender": table}
     kept_sources = {r.source.index for rows in plan.rows.values() for r in rows}
+    if plan.sessions:  # kept source utterances per split and session
+        by_index = {src.index: src for src in plan.sources}
+        sessions = {split: [sum(1 for i in kept_sources if by_index[i].split == split and by_index[i].session == k)
+                            for k in range(len(plan.sessions))] for split in SPLIT_ORDER}
     return {
         "source_utterances": len(kept_sources),
         "shared_source_utterances": len({r.source.index for r in plan.rows["ENG_DEU"]}
@@ -805,6 +994,7 @@ def _counts(plan: CorpusPlan, n_audio: int, n_ratings: int) -> dict[str, Any]:
                          for g in ("female", "male")} for s in SPLIT_ORDER},
         "raters": {g: sum(1 for _, rg in plan.raters if rg == g) for g in ("female", "male")},
         "pairs": pairs,
+        **({"source_utterances_per_session": sessions} if plan.sessions else {}),
     }
 
 
@@ -834,8 +1024,10 @@ def _build(root: Path, config: SynthConfig) -> dict[str, Any]:
     logger.info("synthesising %d clips for %d source utterances", len(needed), len({i for i, _ in needed}))
     started = time.perf_counter()
     for key in tqdm(needed, desc="synthesising", unit="clip", disable=None):
-        samples, sr = speak(by_index[key[0]], key[1], config.seed)
-        data = wav_bytes(samples, sr)
+        source = by_index[key[0]]
+        samples, sr = speak(source, key[1], config.seed)
+        session = plan.sessions[source.session] if plan.sessions else None
+        data = wav_bytes(samples, sr, session, noise_seed=_channel_seed(config.seed, source.index, key[1]))
         duration_ms[key] = int(round(1000 * samples.size / sr))
         for rel in targets[key]:
             put(rel, data)
@@ -860,6 +1052,9 @@ def _build(root: Path, config: SynthConfig) -> dict[str, Any]:
             put(f"{pair}/{code}_{csv_split}.csv", _csv_bytes(csv_columns(pair), per_split[split]))
     put(SPEAKER_GENDER_FILE, _csv_bytes(["speaker", "gender"], [[sp.name, sp.gender] for sp in plan.speakers]))
     put(RATINGS_FILE, _csv_bytes(["pair", "id", "rater", "rater_gender", "emotion"], rating_rows))
+    if plan.sessions:
+        put(SESSIONS_FILE, _csv_bytes(["pair", "id", "session"], [
+            [pair, r.id, r.source.session] for pair, rows in plan.rows.items() for r in rows]))
 
     manifest = {
         "generator": GENERATOR,
@@ -867,6 +1062,7 @@ def _build(root: Path, config: SynthConfig) -> dict[str, Any]:
         "seed": config.seed,
         "config": asdict(config),
         "counts": _counts(plan, sum(1 for rel in hashes if rel.endswith(".wav")), len(rating_rows)),
+        **({"sessions": [asdict(session) for session in plan.sessions]} if plan.sessions else {}),
         "files": {rel: hashes[rel] for rel in sorted(hashes)},
     }
     (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -897,6 +1093,9 @@ def _difference(manifest: dict[str, Any], config: SynthConfig) -> list[str]:
         diff.append(f"seed {manifest.get('seed')!r}, not {config.seed}")
     stored = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     wanted = json.loads(json.dumps(asdict(config)))
+    # a knob a corpus predates is the knob at its default (those defaults never change the files)
+    defaults = json.loads(json.dumps(asdict(SynthConfig())))
+    stored = {**{k: v for k, v in defaults.items() if k in _KNOBS_ADDED_IN_FORMAT_2}, **stored}
     for key in sorted(set(stored) | set(wanted)):
         if key != "seed" and stored.get(key, "<absent>") != wanted.get(key, "<absent>"):
             diff.append(f"{key}={stored.get(key, '<absent>')!r}, not {wanted.get(key, '<absent>')!r}")

@@ -110,3 +110,18 @@ def seeded_init(build, seed: int):
         return build()
     finally:
         torch.random.set_rng_state(generator_state)
+
+
+def save_tiny_model(model, out_dir) -> None:
+    """``model.save_pretrained(out_dir)`` on every process.
+
+    transformers 5.x writes a model's files only on rank 0 of an initialised process group
+    (``should_save_on_this_rank``), but every rank of an ``accelerate launch`` that finds no tiny
+    build in its cache builds its own copy in its own temporary folder: without this, a rank other
+    than 0 would publish a build with no ``config.json`` and no weights.
+    """
+    model.should_save_on_this_rank = lambda is_main_process: True
+    try:
+        model.save_pretrained(out_dir)
+    finally:
+        del model.should_save_on_this_rank

@@ -123,6 +123,17 @@ class SpeechBackbone:
         width = (config.get("audio_config") or {}).get("d_model")
         return int(width) if width else None
 
+    def tiny_encoder_width(self, spec: Mapping[str, Any]) -> int:
+        """The cached width of the tiny build of ``spec`` (its encoder's d_model; Voxtral's is 4x)."""
+        return int(spec["encoder"]["d_model"])
+
+    def audio_tokens_per_clip(self, seconds: float, window_seconds: float) -> int:
+        """Audio tokens (= cached encoder rows) of a clip of ``seconds`` under a ``window_seconds``
+        encoder window: 25 per second of the clip, up to the window, on the Qwen families (Voxtral
+        pads every clip to the window)."""
+        frames = int(min(seconds, window_seconds) * 100)  # 10 ms mel hop
+        return max((((frames - 1) // 2 + 1) - 2) // 2 + 1, 0) if frames > 0 else 0
+
     # ------------------------------------------------------------------ structure
     def is_model(self, model) -> bool:
         """Whether ``model`` (the unwrapped transformers model) is of this family."""

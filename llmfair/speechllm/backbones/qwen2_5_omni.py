@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llmfair.errors import ConfigError
-from llmfair.speechllm.backbones._tiny import VOCAB_SIZE, seeded_init, tokenizer_training_text, train_tokenizer
+from llmfair.speechllm.backbones._tiny import (
+    VOCAB_SIZE, save_tiny_model, seeded_init, tokenizer_training_text, train_tokenizer,
+)
 from llmfair.speechllm.backbones.base import (
     LLM_TARGETS, WHISPER_AUDIO_TARGETS, SpeechBackbone, check_common, register_backbone,
 )
@@ -199,7 +201,7 @@ class Qwen25Omni(SpeechBackbone):
             feature_size=enc["num_mel_bins"], sampling_rate=16_000, hop_length=160,
             chunk_length=int(spec["window_seconds"]), n_fft=400, padding_value=0.0, return_attention_mask=True,
         )
-        model.save_pretrained(out_dir)
+        save_tiny_model(model, out_dir)
         tokenizer.save_pretrained(out_dir)
         feature_extractor.save_pretrained(out_dir)
 

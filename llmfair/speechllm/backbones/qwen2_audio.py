@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llmfair.errors import ConfigError
-from llmfair.speechllm.backbones._tiny import VOCAB_SIZE, seeded_init, tokenizer_training_text, train_tokenizer
+from llmfair.speechllm.backbones._tiny import (
+    VOCAB_SIZE, save_tiny_model, seeded_init, tokenizer_training_text, train_tokenizer,
+)
 from llmfair.speechllm.backbones.base import (
     LLM_TARGETS, WHISPER_AUDIO_TARGETS, SpeechBackbone, check_common, register_backbone,
 )
@@ -107,7 +109,7 @@ class Qwen2Audio(SpeechBackbone):
             n_fft=400, padding_value=0.0, return_attention_mask=True,
         )
         processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
-        model.save_pretrained(out_dir)
+        save_tiny_model(model, out_dir)
         processor.save_pretrained(out_dir)
 
     # ------------------------------------------------------------------ encoder cache
