@@ -1,7 +1,8 @@
 """Benchmark: per backbone family, on its tiny build, the training-step time with and without the
 frozen-encoder cache and the peak memory of each, side by side in one run.
 
-For every registered family (``llmfair.speechllm.backbones``; or ``--families``) one batch of 8
+For every registered family (``llmfair.speechllm.backbones``; or ``--families``; Voxtral needs
+``mistral-common``, and a family that cannot run is reported, not fatal) one batch of 8
 built-in-corpus clips (English and German audio, both genders) is collated once and reused; a
 step is what ``FairTrainer.compute_loss`` does plus the backward (forward through the classifier →
 ERM on the per-sample losses → ``backward``; no optimiser update, so the work stays the same).
@@ -176,11 +177,17 @@ def main() -> None:
 
         corpus = Path(tmp) / "corpus"
         generate_corpus(corpus, SynthConfig(seed=0, utterances_per_pair=40))
+        failed = {}
         for family in families:
             started = time.perf_counter()
-            rows[family] = {"time": _spawn(family, "time", args, corpus, env),
-                            "memory_cached": _spawn(family, "memory-cached", args, corpus, env),
-                            "memory_full": _spawn(family, "memory-full", args, corpus, env)}
+            try:
+                rows[family] = {"time": _spawn(family, "time", args, corpus, env),
+                                "memory_cached": _spawn(family, "memory-cached", args, corpus, env),
+                                "memory_full": _spawn(family, "memory-full", args, corpus, env)}
+            except RuntimeError as exc:  # e.g. Voxtral without mistral-common: the other families still run
+                failed[family] = str(exc).strip().splitlines()[-1]
+                print(f"{family}: failed ({failed[family]})", file=sys.stderr)
+                continue
             print(f"{family}: measured in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {args.threads} thread(s)"
@@ -210,8 +217,11 @@ def main() -> None:
     print("families: " + "; ".join(f"{f} = {get_backbone(f).title} ({r['time']['tokens']} tokens in the batch, "
                                     f"{r['time']['encoder_calls']} encoder call(s) with the cache)"
                                     for f, r in rows.items()))
+    for family, reason in failed.items():
+        print(f"{family}: not measured: {reason}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "steps": args.steps, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"device": device, "steps": args.steps, "rows": rows, "failed": failed},
+                                              indent=2))
 
 
 if __name__ == "__main__":

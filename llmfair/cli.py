@@ -477,9 +477,10 @@ def _add_evaluation_commands(sub) -> None:
     bench.add_argument("runs", nargs="*", metavar="RUN",
                        help="finished run directories ([NAME=]DIR; a run trained with --seeds is one system; "
                             "directories given the same NAME are seeds of one system)")
-    bench.add_argument("--model", action="append", default=[], metavar="[NAME=]MODEL",
-                       help="base model scored zero-shot: tiny, a local directory or a hub id (repeatable); when "
-                            "given, every RUN must have been trained on one of them")
+    bench.add_argument("--model", action="append", default=[], metavar="[NAME=]MODEL[:FAMILY]",
+                       help="base model scored zero-shot: tiny, a local directory or a hub id, with its backbone family "
+                            "(e.g. tiny:voxtral; default: the recipe's model.family, or the checkpoint's); repeatable. "
+                            "When given, every RUN must have been trained on one of them (model and family)")
     bench.add_argument("--out", required=True, help="output directory (predictions per system, report/, benchmark.json)")
     bench.add_argument("--recipe", default=None,
                        help="recipe YAML for the zero-shot systems' prompts, verbalizer and loading "

@@ -36,13 +36,20 @@ import torch
 
 from llmfair.data.labels import MELD
 from llmfair.errors import ConfigError
-from llmfair.speechllm.backbones import BACKBONES, backbone_of, family_names, get_backbone, register_backbone
+from llmfair.speechllm.backbones import (
+    BACKBONES,
+    backbone_of,
+    family_names,
+    get_backbone,
+    register_backbone,
+)
 from llmfair.speechllm.collator import SpeechLLMCollator, model_inputs
 from llmfair.speechllm.encoder_cache import EncoderCache, encode_audio
 from llmfair.speechllm.loading import load_speech_llm
 from llmfair.speechllm.lora import LoraOptions, apply_lora
 from llmfair.speechllm.prompts import PromptTemplate
 from llmfair.speechllm.scoring import score_batch
+from llmfair.speechllm.tiny import tiny_spec
 from llmfair.speechllm.verbalizer import Verbalizer
 
 torch.set_num_threads(1)
@@ -428,7 +435,8 @@ def test_the_check_command_names_the_family(family, tmp_path) -> None:
 
     report = CheckReport(recipe="r")
     check_model(RunConfig.from_mapping({"model": {"name_or_path": "tiny", "family": family.name}}), report)
-    assert not report.problems and report.model["family"] == family.name and report.model["encoder_width"] == 64
+    assert not report.problems and report.model["family"] == family.name and report.model["encoder_width"] == get_backbone(
+        family.name).tiny_encoder_width(tiny_spec(family=family.name))
     local = str(tiny_model_path(family=family.name))
     report = CheckReport(recipe="r")
     check_model(RunConfig.from_mapping({"model": {"name_or_path": local}}), report)

@@ -121,7 +121,7 @@ def check_model(config, report: CheckReport) -> None:
         backbone = get_backbone(m.family or DEFAULT_FAMILY)
         spec = tiny_spec(family=backbone.name)
         info.update(source="tiny (built locally, no download)", window_seconds=float(spec["window_seconds"]),
-                    window_source="tiny model spec", encoder_width=spec["encoder"]["d_model"], dtype_bytes=4)
+                    window_source="tiny model spec", encoder_width=backbone.tiny_encoder_width(spec), dtype_bytes=4)
     else:
         try:
             source, local_only, _ = resolve_model_source(m.name_or_path)
@@ -322,7 +322,12 @@ def check_plan(config, args, by_split, report: CheckReport, seconds: dict[str, f
     model = report.model
     if config.encoder_cache and seconds and model.get("encoder_width") and model.get("window_seconds"):
         clips = {e.audio for rows in by_split.values() for e in rows}
-        tokens = sum(_audio_tokens(seconds.get(os.path.abspath(p), 0.0), model["window_seconds"]) for p in clips)
+        count = _audio_tokens
+        if model.get("family"):
+            from llmfair.speechllm.backbones import get_backbone
+
+            count = get_backbone(model["family"]).audio_tokens_per_clip  # Voxtral pads every clip to its window
+        tokens = sum(count(seconds.get(os.path.abspath(p), 0.0), model["window_seconds"]) for p in clips)
         plan["encoder_cache_bytes"] = int(tokens * model["encoder_width"] * model.get("dtype_bytes", 4))
 
 
