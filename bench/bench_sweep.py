@@ -35,6 +35,7 @@ import math
 import multiprocessing as mp
 import os
 import pkgutil
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -136,10 +137,22 @@ def _worker(config_dict: dict, out: str, shard: tuple[int, int], batched: bool) 
               batched=batched)
 
 
+CPU_SECONDS: dict[str, float] = {}
+"""CPU seconds (user + system) of the shard processes of each :func:`run_parallel` call, by output
+folder: unlike wall time, it does not count the time other programs on the machine take from them."""
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_parallel(config, out: Path, processes: int, batched: bool) -> float:
     """Wall time of the whole grid with ``processes`` shards (spawned: each pays its own imports),
-    the runs of a shard trained one at a time (``batched=False``) or as batched heads."""
+    the runs of a shard trained one at a time (``batched=False``) or as batched heads; the shards'
+    CPU time goes to :data:`CPU_SECONDS`."""
     ctx = mp.get_context("spawn")
+    cpu = _children_cpu()
     started = time.perf_counter()
     procs = [ctx.Process(target=_worker, args=(config.to_dict(), str(out), (i, processes), batched))
              for i in range(processes)]
@@ -149,7 +162,9 @@ def run_parallel(config, out: Path, processes: int, batched: bool) -> float:
         p.join()
     if any(p.exitcode != 0 for p in procs):
         raise SystemExit(f"a shard failed: exit codes {[p.exitcode for p in procs]}")
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    CPU_SECONDS[str(out)] = _children_cpu() - cpu
+    return wall
 
 
 def per_method(out: Path) -> dict[str, dict[str, float]]:
@@ -263,6 +278,7 @@ def main() -> None:
         outs[path] = work / f"measure_{path}_e{args.epochs}"
         walls[path] = run_parallel(config, outs[path], args.processes, batched=path == "batched")
         stats[path] = per_method(outs[path])
+        print(f"  {path}: done, load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     runs = sum(s["runs"] for s in stats[paths[0]].values())
     print(f"\nphase 1: {runs} runs ({len(methods)} methods × {len(RATIOS)} ratios × folds {folds}) at {args.epochs} epochs, "
           f"each path on the same grid, {args.processes} processes")
@@ -278,10 +294,13 @@ def main() -> None:
         if len(paths) == 2:
             row += f"{per_step['old'] / per_step['batched']:>7.1f}x"
         print(row)
+    cpus = {p: CPU_SECONDS[str(outs[p])] for p in paths}
     for p in paths:
-        print(f"{p:>8}: wall {walls[p]:6.1f} s ({runs / walls[p] * 60:.1f} runs/min)")
+        print(f"{p:>8}: wall {walls[p]:6.1f} s ({runs / walls[p] * 60:.1f} runs/min), CPU {cpus[p]:6.1f} s")
     if len(paths) == 2:
-        print(f"   ratio: old / batched wall = {walls['old'] / walls['batched']:.2f}x (same grid, same machine, same run)")
+        print(f"   ratio old / batched: wall {walls['old'] / walls['batched']:.2f}x, CPU {cpus['old'] / cpus['batched']:.2f}x "
+              f"(same grid, same machine, same run; CPU time is what the shards spent, wall time also counts what "
+              f"other programs took from them)")
         same = compare_outputs(outs["old"], outs["batched"])
         print("outputs, batched vs old (max |Δ| over the runs; the batched path is exact up to float rounding, which "
               "Adam's normalisation can amplify on near-zero gradients):")
@@ -316,7 +335,8 @@ def full_grid(features: Path, groups: Path, methods: list[dict], epochs: int, wo
         runs = sum(s["runs"] for s in per_method(out).values())
         print(f"\nphase 2: full grid, {path}, {runs} runs at {epochs} epochs: wall {walls[path]:.0f} s = "
               f"{walls[path] / 60:.1f} min ({runs / walls[path] * 60:.1f} runs/min; "
-              f"{'within' if walls[path] <= budget else 'OVER'} the {budget:.0f} s budget)")
+              f"{'within' if walls[path] <= budget else 'OVER'} the {budget:.0f} s budget), CPU "
+              f"{CPU_SECONDS[str(out)]:.0f} s")
     old = walls.get("old", predicted.get("old"))
     if old:
         print(f"full grid: old {old:.0f} s ({'measured' if 'old' in walls else 'extrapolated from phase 1'}) vs batched "

@@ -306,10 +306,9 @@ def test_sweep_outputs_are_the_same_batched_and_one_at_a_time(tmp_path, crema_d_
     calls = []
     real = bh.train_heads
     monkeypatch.setattr(bh, "train_heads", lambda jobs, **kw: calls.append(len(jobs)) or real(jobs, **kw))
-    batched = sweep.run_sweep(config, tmp_path / "batched", progress=False, collect=False)
+    batched = sweep.run_sweep(config, tmp_path / "batched", progress=False, collect=False, batched=True)
     assert calls == [8, 8]  # one call per (fold, ratio): every method trained together
-    monkeypatch.setenv("LLMFAIR_SWEEP_BATCHED", "0")
-    single = sweep.run_sweep(config, tmp_path / "single", progress=False, collect=False)
+    single = sweep.run_sweep(config, tmp_path / "single", progress=False, collect=False)  # the default
     assert calls == [8, 8] and batched.ran == single.ran == [r.run_id for r in sweep.plan_runs(config)]
 
     skip = {"seconds", "train_seconds"}
@@ -338,6 +337,9 @@ def test_sweep_outputs_are_the_same_batched_and_one_at_a_time(tmp_path, crema_d_
 def test_the_sweep_trains_one_at_a_time_when_asked(monkeypatch):
     from llmfair.sweep.execute import _use_batches
 
+    monkeypatch.delenv("LLMFAIR_SWEEP_BATCHED", raising=False)
+    assert not _use_batches(None) and not _use_batches(False) and _use_batches(True)  # off by default
+    monkeypatch.setenv("LLMFAIR_SWEEP_BATCHED", "1")
     assert _use_batches(None) and not _use_batches(False)
     monkeypatch.setenv("LLMFAIR_SWEEP_BATCHED", "off")
     assert not _use_batches(None) and _use_batches(True)

@@ -104,12 +104,15 @@ def _train_head(*args: Any, **kwargs: Any) -> HeadTrainingResult:
 
 
 BATCHED_ENV = "LLMFAIR_SWEEP_BATCHED"
-"""Environment switch: ``0`` (or ``false``, ``no``, ``off``) trains the runs one at a time."""
+"""Environment switch: ``1`` (or ``true``, ``yes``, ``on``) trains the runs of one (fold, ratio, seed)
+as batched heads. Off by default: on the CREMA-D-sized grid it measured 0.92× the one-at-a-time
+speed on this project's 2-core CPU (faster for lff/disent/madv, slower for the cheap methods), and
+disent/adv/madv differ from the one-at-a-time results beyond float rounding (bench/bench_sweep.py)."""
 
 
 def _use_batches(batched: bool | None) -> bool:
     """Whether :func:`run_sweep` trains runs in batches: the argument, else :data:`BATCHED_ENV`
-    (default on); never while ``llmfair.sweep.train_head`` is replaced."""
+    (default off); never while ``llmfair.sweep.train_head`` is replaced."""
     from llmfair import sweep
     from llmfair.ssl.train_head import train_head
 
@@ -117,7 +120,7 @@ def _use_batches(batched: bool | None) -> bool:
         return False
     if batched is not None:
         return bool(batched)
-    return os.environ.get(BATCHED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return os.environ.get(BATCHED_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _build_objective(config: SweepConfig, run: RunSpec, groups: TrainingGroups):
@@ -309,11 +312,12 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike | None = None, shard: 
               collect: bool = True, progress: bool = True, batched: bool | None = None) -> SweepSummary:
     """Run the shard's unfinished runs (finished ones are skipped), then collect the results.
 
-    By default the runs of one (fold, ratio, seed) train together, as batched heads
-    (:func:`execute_runs`, :mod:`llmfair.ssl.batched_head`: the same results as one at a time
-    within float tolerance, several times faster); ``batched=False``, the environment variable
-    ``LLMFAIR_SWEEP_BATCHED=0`` or a replaced ``llmfair.sweep.train_head`` train every run one at
-    a time through ``llmfair.sweep.train_head`` (:func:`execute_run`).
+    By default every run trains one at a time through ``llmfair.sweep.train_head``
+    (:func:`execute_run`). With ``batched=True`` (or ``LLMFAIR_SWEEP_BATCHED=1``) the runs of one
+    (fold, ratio, seed) train together as batched heads (:func:`execute_runs`,
+    :mod:`llmfair.ssl.batched_head`): equal to one at a time within float rounding for the
+    loss-reweighting methods, but not faster overall on a 2-core CPU (0.92×) and not equal for
+    disent/adv/madv (see :data:`BATCHED_ENV`).
 
     Args:
         config: the sweep.
@@ -321,7 +325,7 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike | None = None, shard: 
         shard: ``(i, n)``: run every n-th run of :func:`plan_runs` from i.
         collect: write results.csv / results.md / plots from every finished run in ``out`` after.
         progress: a tqdm bar over the shard's runs.
-        batched: train runs together (None: :data:`BATCHED_ENV`, default on).
+        batched: train runs together (None: :data:`BATCHED_ENV`, default off).
 
     Raises:
         ConfigError: no output directory, a bad shard, or ``out`` holding a finished run trained
