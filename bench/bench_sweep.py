@@ -17,6 +17,8 @@ Two phases (the recipe is 50 epochs; see METHODS.md §1.4):
    number of optimiser steps of every run of the full grid (train sizes per fold/ratio, DS's
    downsampled sizes) and its measured time per step of each method. A batched head's time is its
    share of its chunk's (the chunk's time divided by its heads);
+   Then the floor (:func:`step_floor`): the least time any exact float32 implementation needs
+   for the grid's optimiser steps on this machine;
 2. unless ``--no-full``: the full grid at ``--epochs``, batched, measured against ``--budget``
    (issue 14: 5 min) and the old path's extrapolation (``--full-old`` measures the old path on the
    full grid too; ``--full-epochs N`` runs only this phase, at N).
@@ -199,6 +201,94 @@ def grid_steps(methods: list[dict], folds: list[int], batch: int = 32) -> dict[s
     return steps
 
 
+def _floor_worker(heads: int, steps: int, rows: int, queue: "mp.Queue") -> None:
+    """Seconds per head-step of the least work one exact float32 step of this head needs (see
+    :func:`step_floor`), measured over ``steps`` steps of ``heads`` stacked heads."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    p_dim, k, batch = 256, 6, 32
+    x_all = torch.randn(rows, DIM)
+    y_all = torch.softmax(torch.randn(rows, k), -1)
+    w_p = torch.nn.Parameter(torch.randn(heads, p_dim, DIM) * 0.03)
+    b_p = torch.nn.Parameter(torch.zeros(heads, p_dim))
+    w_o = torch.nn.Parameter(torch.randn(heads, k, p_dim) * 0.06)
+    b_o = torch.nn.Parameter(torch.zeros(heads, k))
+    params = [w_p, b_p, w_o, b_o]
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    optimizer = torch.optim.Adam(params, lr=1e-4, fused=True)
+    merged = torch.empty(heads, k, DIM)
+
+    @torch.no_grad()
+    def step() -> None:
+        idx = torch.randint(0, rows, (batch,))
+        x = x_all[idx]
+        torch.bmm(w_o, w_p, out=merged)
+        offset = torch.baddbmm(b_o.unsqueeze(2), w_o, b_p.unsqueeze(2)).squeeze(2)
+        logits = (x @ merged.reshape(heads * k, DIM).T).reshape(batch, heads, k).transpose(0, 1) + offset.unsqueeze(1)
+        d_logits = (torch.softmax(logits, -1) - y_all[idx].unsqueeze(0)) / batch
+        d_merged = (d_logits.transpose(1, 2).reshape(heads * k, batch) @ x).reshape(heads, k, DIM)
+        d_offset = d_logits.sum(1)
+        torch.bmm(w_o.transpose(1, 2), d_merged, out=w_p.grad)
+        torch.baddbmm(d_offset.unsqueeze(2) * b_p.unsqueeze(1), d_merged, w_p.transpose(1, 2), out=w_o.grad)
+        b_p.grad.copy_(torch.bmm(w_o.transpose(1, 2), d_offset.unsqueeze(2)).squeeze(2))
+        b_o.grad.copy_(d_offset)
+        optimizer.step()
+
+    for _ in range(20):
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    queue.put((time.perf_counter() - started) / steps / heads)
+
+
+def step_floor(processes: int, heads: int = 12, steps: int = 300) -> float:
+    """Seconds per head-step of a lower bound on any exact float32 implementation of this grid.
+
+    The least one training step of one EMO-SUPERB head (768 → 256 → 6, batch 32) must do to stay
+    equal to ``train_head`` within float rounding: read the 196,608 projector weights for the
+    logits, write their gradient, read them again for the output layer's gradient, and run Adam over
+    them (read weight, gradient and both moments, write three back). Measured here with everything
+    else stripped away — ERM's closed-form soft-CE gradient, ``heads`` stacked heads sharing one
+    mini-batch, gradients written in place, torch's fused Adam — in ``processes`` processes at once
+    (they share the memory bandwidth this step is bound by). The other methods only add work
+    (LfF a second head, ADV/MADV/DisEnt their own networks), so the grid can be no faster than its
+    optimiser steps times this."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_floor_worker, args=(heads, steps, 2925, queue)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    values = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return float(np.mean(values))
+
+
+def trained_parameters(methods: list[dict]) -> dict[str, int]:
+    """Parameters each method trains (head plus the objective's own networks), counted after one
+    epoch of ``train_head`` on 64 random rows (lazily-sized modules exist by then)."""
+    from llmfair.objectives import GroupSpec, build_objective
+    from llmfair.ssl.train_head import HeadTrainingOptions, train_head
+
+    spec = GroupSpec(("language", "modality", "gender"), (("eng", "audio", "female"), ("eng", "audio", "male")))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, DIM)).astype(np.float32)
+    y = rng.dirichlet(np.ones(6), size=64).astype(np.float32)
+    groups = np.arange(64) % 2
+    counts = {}
+    for m in methods:
+        soft = np.stack([1.0 - groups, groups], axis=1).astype(float) if m["objective"] == "pgdro" else None
+        result = train_head(x, y, groups, build_objective(m["objective"], spec), options=HeadTrainingOptions(epochs=1),
+                            group_probabilities=soft)
+        counts[m["name"]] = sum(p.numel() for module in (result.model, result.objective)
+                                for p in module.parameters() if p.requires_grad)
+    return counts
+
+
 PATHS = ("old", "batched")
 """The sweep's two training paths: one run at a time (``train_head``) and batched heads."""
 METRIC_KEYS = ("f1", "acc", "tpr_gap_rms", "fpr_gap_rms", "f1_gap_rms", "dp_gap_sum", "dp_gap_rms")
@@ -310,6 +400,18 @@ def main() -> None:
             print(f"{m['name']:<12}{c['runs']:>5}{c['prob']:>11.1e}{c['metric']:>12.1e}{c['same_epoch']:>8}/{c['runs']}")
     steps_full = grid_steps(methods, FOLDS)
     full_runs = sum(len(v) for v in steps_full.values())
+    floor = step_floor(args.processes)
+    head_steps = sum(sum(v) for v in steps_full.values()) * args.epochs
+    sizes = trained_parameters(methods)
+    head_size = sizes[methods[0]["name"]]
+    scaled = sum(sum(steps_full[m["name"]]) * args.epochs * sizes[m["name"]] / head_size for m in methods)
+    print(f"floor: {head_steps:,} head-steps in the full grid at {args.epochs} epochs; the least exact float32 step "
+          f"(ERM, fused Adam, stacked heads, {args.processes} processes at once) takes {1000 * floor:.3f} ms per head "
+          f"of {head_size:,} parameters: {head_steps * floor / args.processes:.0f} s = "
+          f"{head_steps * floor / args.processes / 60:.1f} min for the heads alone; scaled by the parameters every "
+          f"method trains ({', '.join(f'{m}: {n:,}' for m, n in sizes.items() if n != head_size)}), "
+          f"{scaled * floor / args.processes:.0f} s = {scaled * floor / args.processes / 60:.1f} min before "
+          f"evaluation, the objectives' own arithmetic and I/O")
     predicted = {}
     for p in paths:
         startup = walls[p] - sum(s["run_s"] for s in stats[p].values()) / args.processes

@@ -346,3 +346,62 @@ def test_the_sweep_trains_one_at_a_time_when_asked(monkeypatch):
     monkeypatch.delenv("LLMFAIR_SWEEP_BATCHED")
     monkeypatch.setattr(sweep, "train_head", lambda *a, **k: None)  # an observer: every run goes through it
     assert not _use_batches(None) and not _use_batches(True)
+
+
+# ------------------------------------------------------------------------------------- in-place weight gradients
+def _reference_logits(x, w_p, b_p, w_o, b_o, projected: bool):
+    f = torch.einsum("hbd,hpd->hbp", x, w_p) + b_p.unsqueeze(1)
+    logits = torch.einsum("hbp,hkp->hbk", f, w_o) + b_o.unsqueeze(1)
+    return (logits, f) if projected else (logits, None)
+
+
+@pytest.mark.parametrize("projected", [False, True])
+def test_stacked_head_weight_gradients_in_place(projected):
+    """The stacked head's weight gradients equal autograd's on the plain expression: accumulated
+    across backwards outside a step (autograd's semantics), overwritten at a step's first backward
+    (a stale buffer is replaced, the buffer object kept), added at its second, and dropped to None
+    by ``end_step`` when no backward wrote them."""
+    from llmfair.ssl._batched_objectives import StackedLinearHead
+
+    gen = torch.Generator().manual_seed(0)
+    h, b, d, p, k = 3, 5, 7, 4, 2
+    x = torch.randn(h, b, d, generator=gen, dtype=torch.float64)
+    weights = [torch.randn(h, p, d, generator=gen, dtype=torch.float64), torch.randn(h, p, generator=gen, dtype=torch.float64),
+               torch.randn(h, k, p, generator=gen, dtype=torch.float64), torch.randn(h, k, generator=gen, dtype=torch.float64)]
+    coef = torch.randn(h, b, k, generator=gen, dtype=torch.float64)
+    coef_f = torch.randn(h, b, p, generator=gen, dtype=torch.float64)
+    head = StackedLinearHead(None, *weights)
+    reference = [w.clone().requires_grad_(True) for w in weights]
+
+    def loss_of(logits, f):
+        return (coef * logits).sum() + ((coef_f * f).sum() if f is not None else 0.0)
+
+    def head_loss():
+        if projected:
+            return loss_of(*head.logits_and_features(x))
+        return loss_of(head.logits(x), None)
+
+    loss_of(*_reference_logits(x, *reference, projected)).backward()
+    expected = [r.grad.clone() for r in reference]
+    names = ["weight_p", "bias_p", "weight_o", "bias_o"]
+
+    head_loss().backward()  # outside a step: autograd semantics, accumulating
+    head_loss().backward()
+    for name, want in zip(names, expected):
+        torch.testing.assert_close(getattr(head, name).grad, 2 * want, rtol=1e-12, atol=1e-12)
+
+    buffer = head.weight_p.grad
+    buffer.fill_(123.0)  # stale: the step's first backward must overwrite it, in the same storage
+    head.begin_step()
+    head_loss().backward()
+    assert head.weight_p.grad is buffer
+    torch.testing.assert_close(head.weight_p.grad, expected[0], rtol=1e-12, atol=1e-12)
+    head_loss().backward()  # a second backward in the same step accumulates
+    torch.testing.assert_close(head.weight_p.grad, 2 * expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(head.weight_o.grad, 2 * expected[2], rtol=1e-12, atol=1e-12)
+    head.end_step()
+    assert head.weight_p.grad is buffer
+
+    head.begin_step()  # a step without a backward through the head: no stale gradient survives
+    head.end_step()
+    assert head.weight_p.grad is None and head.weight_o.grad is None

@@ -146,6 +146,11 @@ class Kernel:
         """The kernel's trainable stacked parameters (head axis first)."""
         return []
 
+    def stacked_heads(self) -> list["StackedLinearHead"]:
+        """The kernel's own :class:`StackedLinearHead` modules (LfF's biased model), whose weight
+        gradients the trainer's step manages (:meth:`StackedLinearHead.begin_step`)."""
+        return []
+
     def step(self, batch: Batch, record: bool) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         """(value, loss): each head's objective value (h,) and a differentiable (h,) tensor whose
         gradient is the objective's (the loss itself, or a surrogate with the same gradient)."""
@@ -534,13 +539,15 @@ def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 class _MergedLogits(torch.autograd.Function):
     """``x (W_o W_p)ᵀ + (W_o b_p + b_o)`` for stacked heads, with a backward that keeps every batched
     product in the memory layout the BLAS kernels are fast on (autograd's own backward of the same
-    expression hands ``bmm`` a transposed (K, D) gradient, an order of magnitude slower)."""
+    expression hands ``bmm`` a transposed (K, D) gradient, an order of magnitude slower) and writes
+    the two weight gradients in place into their persistent buffers (:meth:`StackedLinearHead.begin_step`)."""
 
     @staticmethod
-    def forward(ctx, x, weight_p, bias_p, weight_o, bias_o):  # noqa: D102
+    def forward(ctx, x, weight_p, bias_p, weight_o, bias_o, sink):  # noqa: D102
         merged = torch.bmm(weight_o, weight_p)  # (h, K, D)
         offset = torch.baddbmm(bias_o.unsqueeze(2), weight_o, bias_p.unsqueeze(2)).squeeze(2)
         ctx.save_for_backward(x, weight_p, bias_p, weight_o, merged)
+        ctx.sink = sink
         return torch.baddbmm(offset.unsqueeze(1), x, merged.transpose(1, 2))
 
     @staticmethod
@@ -550,21 +557,25 @@ class _MergedLogits(torch.autograd.Function):
         d_merged = torch.bmm(grad.transpose(1, 2), x)  # (h, K, D)
         d_offset = grad.sum(1)  # (h, K)
         weight_o_t = weight_o.transpose(1, 2).contiguous()  # (h, P, K)
-        d_weight_p = torch.bmm(weight_o_t, d_merged.transpose(1, 2).contiguous().transpose(1, 2))
-        d_weight_o = torch.baddbmm(d_offset.unsqueeze(2) * bias_p.unsqueeze(1), d_merged, weight_p.transpose(1, 2))
+        d_merged_t = d_merged.transpose(1, 2).contiguous().transpose(1, 2)
+        ctx.sink.write_grad("weight_p", lambda out: torch.bmm(weight_o_t, d_merged_t, out=out))
+        ctx.sink.write_grad("weight_o", lambda out: torch.baddbmm(
+            d_offset.unsqueeze(2) * bias_p.unsqueeze(1), d_merged, weight_p.transpose(1, 2), out=out))
         d_bias_p = torch.bmm(weight_o_t, d_offset.unsqueeze(2)).squeeze(2)
         d_x = torch.bmm(grad, merged) if ctx.needs_input_grad[0] else None
-        return d_x, d_weight_p, d_bias_p, d_weight_o, d_offset
+        return d_x, None, d_bias_p, None, d_offset, None
 
 
 class _ProjectedLogits(torch.autograd.Function):
     """``f = x W_pᵀ + b_p`` and ``f W_oᵀ + b_o`` for stacked heads (the projector output is
-    returned too), with a backward in fast layouts (see :class:`_MergedLogits`)."""
+    returned too), with a backward in fast layouts writing the weight gradients in place (see
+    :class:`_MergedLogits`)."""
 
     @staticmethod
-    def forward(ctx, x, weight_p, bias_p, weight_o, bias_o):  # noqa: D102
+    def forward(ctx, x, weight_p, bias_p, weight_o, bias_o, sink):  # noqa: D102
         projected = torch.baddbmm(bias_p.unsqueeze(1), x, weight_p.transpose(1, 2))
         ctx.save_for_backward(x, weight_p, weight_o, projected)
+        ctx.sink = sink
         return torch.baddbmm(bias_o.unsqueeze(1), projected, weight_o.transpose(1, 2)), projected
 
     @staticmethod
@@ -574,10 +585,10 @@ class _ProjectedLogits(torch.autograd.Function):
         d_projected = torch.bmm(grad, weight_o)  # (h, b, P)
         if grad_projected is not None:
             d_projected = d_projected + grad_projected
-        d_weight_o = torch.bmm(grad.transpose(1, 2), projected)
-        d_weight_p = torch.bmm(d_projected.transpose(1, 2), x)
+        ctx.sink.write_grad("weight_o", lambda out: torch.bmm(grad.transpose(1, 2), projected, out=out))
+        ctx.sink.write_grad("weight_p", lambda out: torch.bmm(d_projected.transpose(1, 2), x, out=out))
         d_x = torch.bmm(d_projected, weight_p) if ctx.needs_input_grad[0] else None
-        return d_x, d_weight_p, d_projected.sum(1), d_weight_o, grad.sum(1)
+        return d_x, None, d_projected.sum(1), None, grad.sum(1), None
 
 
 class StackedLinearHead(nn.Module):
@@ -598,6 +609,35 @@ class StackedLinearHead(nn.Module):
         self.weight_o = nn.Parameter(weight_o.detach().clone())  # (h, K, P)
         self.bias_o = nn.Parameter(bias_o.detach().clone())  # (h, K)
         self.fixed_layer = fixed_layer
+        self._written: set[str] | None = None  # None: autograd's accumulate semantics
+
+    def begin_step(self) -> None:
+        """Start a training step: the next backward *overwrites* the weights' gradient buffers in
+        place (no fresh (h, P, D) allocation per step — a measured third of the step's time on a
+        2-core CPU) instead of accumulating; :meth:`end_step` drops a buffer no backward wrote."""
+        self._written = set()
+
+    def end_step(self) -> None:
+        """After the step's backward: a weight that received no gradient gets ``grad = None`` (what
+        ``zero_grad(set_to_none=True)`` leaves), so the optimiser skips it as it would."""
+        for name in ("weight_p", "weight_o"):
+            if name not in self._written:
+                getattr(self, name).grad = None
+        self._written = set()
+
+    def write_grad(self, name: str, product: Any) -> None:
+        """Give weight ``name`` the gradient ``product(out)`` computes: into its buffer (the first
+        write of a step begun by :meth:`begin_step`), else added to it, as autograd accumulates."""
+        param = getattr(self, name)
+        first = self._written is not None and name not in self._written
+        if param.grad is not None and param.grad.shape == param.shape and first:
+            product(param.grad)
+        elif param.grad is not None and param.grad.shape == param.shape:
+            param.grad.add_(product(None))
+        else:
+            param.grad = product(None)
+        if self._written is not None:
+            self._written.add(name)
 
     def combine(self, x: torch.Tensor, layer_logits: torch.Tensor | None = None) -> torch.Tensor:
         """(h, b, D) inputs of the projector from (h, b, D) or per-layer (h, b, L, D) features."""
@@ -610,11 +650,11 @@ class StackedLinearHead(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(h, b, K) logits through the merged (K, D) maps."""
-        return _MergedLogits.apply(self.combine(x), self.weight_p, self.bias_p, self.weight_o, self.bias_o)
+        return _MergedLogits.apply(self.combine(x), self.weight_p, self.bias_p, self.weight_o, self.bias_o, self)
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, b, K) logits and the (h, b, P) projector output."""
-        return _ProjectedLogits.apply(self.combine(x), self.weight_p, self.bias_p, self.weight_o, self.bias_o)
+        return _ProjectedLogits.apply(self.combine(x), self.weight_p, self.bias_p, self.weight_o, self.bias_o, self)
 
     @torch.no_grad()
     def logits_of(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -714,6 +754,9 @@ class LfFKernel(Kernel):
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.biased.parameters())
+
+    def stacked_heads(self) -> list[StackedLinearHead]:
+        return [self.biased]
 
     def step(self, batch: Batch, record: bool) -> tuple[torch.Tensor, torch.Tensor]:
         labels, classes, index = batch.labels, batch.classes, batch.sample_index

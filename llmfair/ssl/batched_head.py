@@ -27,7 +27,9 @@ How (per chunk of at most ``max_heads`` heads):
   a (K, D) product per head instead of a (b, P) one, K = 6 against P = 256
   (:class:`~llmfair.ssl._batched_objectives.StackedLinearHead`). Heads whose objective reads the
   projector output (ADV, MADV, DisEnt) compute it. Both forms have hand-written backwards that
-  keep every batched product in the memory layout the BLAS kernels are fast on.
+  keep every batched product in the memory layout the BLAS kernels are fast on and write the
+  (h, P, D) weight gradients in place into persistent buffers (a fresh buffer per step measured
+  six times slower for that product than writing into one, through the memory it touches).
 - **Objectives in batched form.** Each method's loss, state update and figures are computed for
   all its heads at once by a kernel (:mod:`llmfair.ssl._batched_objectives`) that reads the
   objective's constants after its ``setup`` and writes its state back at the end. Objectives that
@@ -50,9 +52,23 @@ epoch (so the same batch sizes), epochs, batch size, learning rate, weight decay
 device, head options and feature and label shapes. A head whose loss becomes non-finite fails
 alone (the others go on).
 
-Float32 results match ``train_head`` to rounding, which Adam's normalisation amplifies where a
-gradient is near zero; MADV's difference loss (rows divided by their norm + 1e-6) amplifies most
-(``bench/bench_sweep.py`` prints the differences of a whole grid).
+Float32 results match ``train_head`` to rounding, which training can amplify: Adam's normalisation
+where a gradient is near zero, and the adversarial and disentangling methods throughout — for
+``adv``, ``madv`` and ``disent`` a one-ulp perturbation of the features moves ``train_head``'s own
+test probabilities by 1e-2 to 1e-1 after the recipe's 50 epochs (and may change the selected
+epoch), as much as batching does; the other methods stay within ~1e-6. ``bench/bench_sweep.py``
+prints the differences over a whole grid.
+
+A head's rounding depends on the other heads of its chunk (batched products over another number of
+heads take other BLAS paths): about 1e-7 in a probability after 5 epochs, which ADV, MADV and
+DisEnt amplify as above — so for those methods a sweep's results depend on which runs share a
+chunk, one reason the sweep trains one at a time by default (:data:`llmfair.sweep.BATCHED_ENV`).
+
+Speed: the step is bound by memory traffic, not by arithmetic or dispatch alone — every head-step
+reads and writes its 198k projector weights, their gradient and Adam's two moments.
+``bench/bench_sweep.py`` measured the CREMA-D-sized grid's fold 1 at 1.45× the one-at-a-time speed
+on 2 CPU cores, and the floor of any exact float32 implementation (:func:`bench_sweep.step_floor`)
+at 5.9 min for the full grid (docs/performance.md).
 
 ``HeadTrainingResult.seconds`` of a batched head is its share of the chunk's wall time (the chunk's
 time divided by its heads), so summing it over runs gives the time spent.
@@ -461,6 +477,11 @@ def _train_chunk(chunk: list[_Prepared]) -> dict[int, HeadTrainingResult | Excep
     owned = heads.parameters() + [(p, k.start) for k in kernels for p in k.parameters()]
     params = [p for p, _ in owned]
     optimizer = _build_optimizer(params, options)
+    # the stacked heads' weight gradients live in persistent buffers their backward overwrites;
+    # every other parameter's gradient is reset to None per step, as zero_grad(set_to_none) does
+    stacked = [head for _, head in heads.segments] + [stack for k in kernels for stack in k.stacked_heads()]
+    in_place = {id(w) for stack in stacked for w in (stack.weight_p, stack.weight_o)}
+    reset = [param for param in params if id(param) not in in_place]
     bank = _FeatureBank([p.x for p in chunk])
     labels = torch.stack([p.y for p in chunk])
     groups = torch.stack([p.groups for p in chunk])
@@ -485,8 +506,13 @@ def _train_chunk(chunk: list[_Prepared]) -> dict[int, HeadTrainingResult | Excep
             yb = labels.gather(1, index.unsqueeze(2).expand(-1, -1, k_classes))
             values, loss = chunk_losses(heads, kernels, first.head_options, class_weights, xb, yb,
                                         groups.gather(1, index), index, record)
-            optimizer.zero_grad(set_to_none=True)
+            for param in reset:
+                param.grad = None
+            for stack in stacked:
+                stack.begin_step()
             loss.sum().backward()
+            for stack in stacked:
+                stack.end_step()
             if options.max_grad_norm is not None:
                 _clip_per_head(owned, n_heads, options.max_grad_norm)
             optimizer.step()
