@@ -38,7 +38,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         layout = write_crema_d_layout(args.out, args.crema_d_layout, seed=config.seed, overwrite=args.overwrite)
         left_out = sum(layout["dropped"].values())
         print(f"CREMA-D layout: {layout['rows']} clips of {sum(layout['speakers'].values())} speakers in 5 "
-              f"speaker-disjoint folds in {args.crema_d_layout}"
+              f"speaker-disjoint folds, with every rater vote in ratings.csv, in {args.crema_d_layout}"
               + (f" ({left_out} left out: surprise or no vote)" if left_out else ""))
     return 0
 

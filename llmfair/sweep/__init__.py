@@ -111,7 +111,7 @@ from llmfair.sweep.config import (
     MethodSpec,
     SweepConfig,
 )
-from llmfair.sweep.execute import SweepSummary, execute_run, run_metrics, run_sweep
+from llmfair.sweep.execute import BATCHED_ENV, SweepSummary, execute_run, execute_runs, run_metrics, run_sweep
 from llmfair.sweep.inputs import (
     FeatureTable,
     GroupTable,
@@ -162,11 +162,11 @@ from llmfair.sweep.results import (
 )
 
 __all__ = [
-    "CORPORA", "DEFAULT_SUPERVISION", "FRONT_RESAMPLES", "GROUP_SOURCES", "METRICS", "ONE_VOTE_FLOOR",
+    "BATCHED_ENV", "CORPORA", "DEFAULT_SUPERVISION", "FRONT_RESAMPLES", "GROUP_SOURCES", "METRICS", "ONE_VOTE_FLOOR",
     "OVERALL_FAMILIES", "RATER_FIGURES", "RATER_METRICS", "RATER_PREDICTIONS_PREFIX", "RATINGS_COLUMNS", "RUNS_DIR",
     "SUPERVISION_LEVELS", "TABLE_COLUMNS", "FeatureSource", "FeatureTable", "GroupSource", "GroupTable", "MethodSpec",
     "PerRaterTraining", "RatingsTable", "RunSpec", "SweepConfig", "SweepInputs", "SweepSummary", "TrainingGroups",
-    "build_inferred_groups", "cached_ratings", "check_group_table", "check_shard", "collect_results", "execute_run",
+    "build_inferred_groups", "cached_ratings", "check_group_table", "check_shard", "collect_results", "execute_run", "execute_runs",
     "front_figures", "front_rows", "is_finished", "load_feature_file", "load_group_table", "load_ratings_file",
     "metrics_path", "one_vote_labels", "parse_shard", "per_rater_training", "plan_runs", "predictions_path",
     "rater_predictions_path", "rater_side_figures", "rater_side_table", "read_run_records", "results_frame",

@@ -105,9 +105,13 @@ def _train_head(*args: Any, **kwargs: Any) -> HeadTrainingResult:
 
 BATCHED_ENV = "LLMFAIR_SWEEP_BATCHED"
 """Environment switch: ``1`` (or ``true``, ``yes``, ``on``) trains the runs of one (fold, ratio, seed)
-as batched heads. Off by default: on the CREMA-D-sized grid it measured 0.92× the one-at-a-time
-speed on this project's 2-core CPU (faster for lff/disent/madv, slower for the cheap methods), and
-disent/adv/madv differ from the one-at-a-time results beyond float rounding (bench/bench_sweep.py)."""
+as batched heads. Off by default. On the CREMA-D-sized grid (``bench/bench_sweep.py``, fold 1, 65
+runs, 2 processes on this project's 2-core CPU) it measured 1.45× the one-at-a-time speed (wall
+211 s against 307 s); the results agree to 5e-6 in a test probability with the same selected epoch
+for every method but DisEnt, ADV and MADV, which differ by up to 7e-2 — as much as a one-ulp change
+of the features moves their own one-at-a-time results. It stays off because a batched head's
+rounding depends on which runs share its batch (about 1e-7 after 5 epochs), so those three
+methods' results would depend on the sweep's sharding; docs/performance.md has the figures."""
 
 
 def _use_batches(batched: bool | None) -> bool:
@@ -315,9 +319,8 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike | None = None, shard: 
     By default every run trains one at a time through ``llmfair.sweep.train_head``
     (:func:`execute_run`). With ``batched=True`` (or ``LLMFAIR_SWEEP_BATCHED=1``) the runs of one
     (fold, ratio, seed) train together as batched heads (:func:`execute_runs`,
-    :mod:`llmfair.ssl.batched_head`): equal to one at a time within float rounding for the
-    loss-reweighting methods, but not faster overall on a 2-core CPU (0.92×) and not equal for
-    disent/adv/madv (see :data:`BATCHED_ENV`).
+    :mod:`llmfair.ssl.batched_head`): 1.45× faster on a 2-core CPU and equal to one at a time
+    within float rounding, which DisEnt, ADV and MADV amplify (see :data:`BATCHED_ENV`).
 
     Args:
         config: the sweep.
@@ -344,7 +347,7 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike | None = None, shard: 
     (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep_config.json", {"source": config.source, **_finite(config.to_dict())})
     started = time.perf_counter()
-    data = SweepInputs(config, out)
+    data = SweepInputs(config, out, progress=progress)
     skipped, pending = [], []
     for run in runs:
         if is_finished(out, run.run_id):

@@ -98,14 +98,15 @@ def load_feature_file(path: str | os.PathLike, *, tensor: str = "features", ids:
     return FeatureTable(tuple(id_list), values.to(torch.float32).contiguous(), source=str(path))
 
 
-def _extract_feature_table(source: FeatureSource, examples: Sequence[Example], out: Path) -> FeatureTable:
+def _extract_feature_table(source: FeatureSource, examples: Sequence[Example], out: Path,
+                           progress: bool = True) -> FeatureTable:
     import torch
 
     from llmfair.ssl import build_feature_extractor, extract_features
 
     extractor = build_feature_extractor(source.extractor, source.extractor_options, source="features extractor_options")
     cache = Path(source.cache_dir) if source.cache_dir else out / "feature_cache"
-    values = extract_features(extractor, examples, cache, batch_size=source.batch_size)
+    values = extract_features(extractor, examples, cache, batch_size=source.batch_size, progress=progress)
     return FeatureTable(tuple(e.id for e in examples), torch.as_tensor(values, dtype=torch.float32),
                         source=f"{source.extractor} features of {source.audio_dir}")
 
@@ -229,10 +230,11 @@ def training_groups(run: RunSpec, train: Sequence[Example], groups: GroupTable |
 
 
 class SweepInputs:
-    """Caches shared by the runs of one process: fold files, imbalanced splits, features, groups."""
+    """Caches shared by the runs of one process: fold files, imbalanced splits, features, groups
+    (``progress``: tqdm bars while features are extracted or groups inferred)."""
 
-    def __init__(self, config: SweepConfig, out: Path) -> None:
-        self.config, self.out = config, out
+    def __init__(self, config: SweepConfig, out: Path, progress: bool = True) -> None:
+        self.config, self.out, self.progress = config, out, progress
         self._folds: dict[int, list[Example]] = {}
         self._splits: dict[tuple[int, float, int], Any] = {}
         self._features: FeatureTable | None = None
@@ -263,7 +265,7 @@ class SweepInputs:
                 from llmfair.data.crema_d import read_crema_d
 
                 examples = read_crema_d(self.config.labels_dir, self.config.folds[0], audio_dir=source.audio_dir)
-                self._features = _extract_feature_table(source, examples, self.out)
+                self._features = _extract_feature_table(source, examples, self.out, self.progress)
             logger.info("features: %d rows of shape %s from %s", len(self._features.ids),
                         tuple(self._features.values.shape[1:]), self._features.source)
         return self._features
@@ -306,6 +308,7 @@ def _speaker_features(config: SweepConfig, source: Any, data: SweepInputs):
                               f"extract {source.extractor} features into it")
         examples = read_crema_d(config.labels_dir, config.folds[0], audio_dir=audio_dir)
         extract_corpus_features(examples, extractor, folder, chunk_size=source.chunk_size, batch_size=source.batch_size,
+                                progress=data.progress,
                                 corpus={"kind": config.corpus, "path": str(Path(config.labels_dir).resolve()),
                                         "audio_dir": str(Path(audio_dir).resolve())})
     features = load_feature_set(folder)
@@ -333,7 +336,7 @@ def build_inferred_groups(config: SweepConfig, source: Any, data: SweepInputs) -
     if path.is_file() and sidecar(path, ".json").is_file():
         return path
     features = _speaker_features(config, source, data)
-    result = infer_groups(features, path, source.inference_options())
+    result = infer_groups(features, path, source.inference_options(), progress=data.progress)
     logger.info("inferred groups in %s (purity %s, pseudo accuracy %s)", path,
                 {k: round(v, 3) for k, v in result.purity.items()}, result.pseudo_accuracy)
     return path
