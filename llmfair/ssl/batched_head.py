@@ -55,8 +55,9 @@ alone (the others go on).
 Float32 results match ``train_head`` to rounding, which training can amplify: Adam's normalisation
 where a gradient is near zero, and the adversarial and disentangling methods throughout — for
 ``adv``, ``madv`` and ``disent`` a one-ulp perturbation of the features moves ``train_head``'s own
-test probabilities by 1e-2 to 1e-1 after the recipe's 50 epochs (and may change the selected
-epoch), as much as batching does; the other methods stay within ~1e-6. ``bench/bench_sweep.py``
+test probabilities by 2e-2 to 7e-2 after the recipe's 50 epochs (and may change the selected
+epoch), as much as batching does; the other methods stay within ~1e-6
+(``docs/experiments/head_rounding_sensitivity.py``). ``bench/bench_sweep.py``
 prints the differences over a whole grid.
 
 A head's rounding depends on the other heads of its chunk (batched products over another number of

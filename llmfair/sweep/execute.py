@@ -108,8 +108,9 @@ BATCHED_ENV = "LLMFAIR_SWEEP_BATCHED"
 as batched heads. Off by default. On the CREMA-D-sized grid (``bench/bench_sweep.py``, fold 1, 65
 runs, 2 processes on this project's 2-core CPU) it measured 1.45× the one-at-a-time speed (wall
 211 s against 307 s); the results agree to 5e-6 in a test probability with the same selected epoch
-for every method but DisEnt, ADV and MADV, which differ by up to 7e-2 — as much as a one-ulp change
-of the features moves their own one-at-a-time results. It stays off because a batched head's
+for every method but DisEnt, ADV and MADV, which differ by up to 7.1e-2 — as much as a one-ulp
+change of the features moves their own one-at-a-time results (up to 6.9e-2,
+docs/experiments/head_rounding_sensitivity.py). It stays off because a batched head's
 rounding depends on which runs share its batch (about 1e-7 after 5 epochs), so those three
 methods' results would depend on the sweep's sharding; docs/performance.md has the figures."""
 
