@@ -613,8 +613,8 @@ class StackedLinearHead(nn.Module):
 
     def begin_step(self) -> None:
         """Start a training step: the next backward *overwrites* the weights' gradient buffers in
-        place (no fresh (h, P, D) allocation per step — a measured third of the step's time on a
-        2-core CPU) instead of accumulating; :meth:`end_step` drops a buffer no backward wrote."""
+        place (no fresh (h, P, D) tensor per step: that product measured 2.9 ms per 8 heads into a
+        fresh tensor and 0.49 ms into its buffer on a 2-core CPU) instead of accumulating; :meth:`end_step` drops a buffer no backward wrote."""
         self._written = set()
 
     def end_step(self) -> None:
