@@ -500,3 +500,22 @@ def test_benchmark_scores_a_base_model_and_a_run_of_the_family(family, tmp_path,
     order = zero.frame.set_index("id").loc[list(direct.frame["id"])]
     np.testing.assert_allclose(order[[f"prob_{c}" for c in MELD.classes]].to_numpy(), direct.probs, atol=1e-5)
     shutil.rmtree(corpus)
+
+
+def test_a_family_missing_a_required_method_cannot_be_built():
+    """The family interface is abstract: a subclass that leaves out one of the methods every family
+    must define fails when it is instantiated, naming the method, not later inside a run."""
+    from llmfair.speechllm.backbones.base import SpeechBackbone
+
+    class Incomplete(SpeechBackbone):
+        def check_processor(self, model, processor, *, where=""):
+            return None
+
+        def tiny_spec(self, *, seed, window_seconds):
+            return {}
+
+        def build_tiny(self, out_dir, spec):
+            return None
+
+    with pytest.raises(TypeError, match="encode_audio"):
+        Incomplete()

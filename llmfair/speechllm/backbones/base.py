@@ -27,6 +27,7 @@ a one-line :class:`~llmfair.errors.ConfigError` naming the supported families.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
@@ -47,9 +48,9 @@ WHISPER_AUDIO_TARGETS = r"model\.audio_tower\.layers\.\d+\.(self_attn\.(q|k|v|ou
 """The attention and MLP linears of a Whisper-style encoder at ``model.audio_tower``."""
 
 
-class SpeechBackbone:
+class SpeechBackbone(ABC):
     """One speech-LLM family (see the module docstring). Subclasses set the class attributes and
-    implement the methods that raise ``NotImplementedError``; the defaults fit models laid out as
+    implement the abstract methods (a family missing one cannot be instantiated); the defaults fit models laid out as
     ``model.{audio_tower, <projector>, language_model}`` + ``lm_head`` (Qwen2-Audio, Qwen2.5-Omni).
 
     Attributes:
@@ -97,18 +98,18 @@ class SpeechBackbone:
         """Write the processor's files beside a merged checkpoint."""
         processor.save_pretrained(str(directory))
 
+    @abstractmethod
     def check_processor(self, model, processor, *, where: str = "") -> None:
         """Raise a one-line ConfigError where ``processor`` and ``model`` disagree (audio token,
         mel bins, sampling rate, encoder window)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tiny_spec(self, *, seed: int, window_seconds: int) -> dict:
         """Everything that determines the tiny build's files (its hash names the cache directory)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_tiny(self, out_dir: Path, spec: Mapping[str, Any]) -> None:
         """Write a tiny random model of this family and its processor into ``out_dir``."""
-        raise NotImplementedError
 
     def window_seconds(self, preprocessor: Mapping[str, Any]) -> float | None:
         """The encoder window a checkpoint's ``preprocessor_config.json`` declares (None: unknown)."""
@@ -171,10 +172,10 @@ class SpeechBackbone:
         return self.audio_tower(model).state_dict()
 
     # ------------------------------------------------------------------ forward pieces
+    @abstractmethod
     def encode_audio(self, model, input_features, feature_attention_mask) -> list:
         """Per-clip encoder outputs up to the cache boundary, each (N_i, width), N_i = the clip's
         number of audio tokens."""
-        raise NotImplementedError
 
     def project_audio(self, model, features):
         """Cached encoder outputs (N, width) → audio embeddings (N, hidden) of the language model."""
