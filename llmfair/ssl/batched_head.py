@@ -95,12 +95,12 @@ from llmfair.ssl.train_head import (
     HeadTrainingResult,
     _build_head,
     _build_optimizer,
+    _checked_inputs,
     _dev_rows,
     _epoch_orders,
     _selection_record,
     _set_up_objective,
     _snapshot,
-    _training_arrays,
     _training_rows,
     dev_figures,
     train_head,
@@ -190,14 +190,9 @@ def _prepare(position: int, job: HeadJob) -> _Prepared:
     head_options = job.head_options or HeadOptions()
     device = torch.device(options.device)
     objective = job.objective
-    x_all, y_all, g_all, classes_all, num_classes = _training_arrays(
-        job.train_features, job.train_labels, job.train_groups, job.train_classes, objective.group_spec.num_groups)
-    if (job.dev_features is None) != (job.dev_labels is None):
-        raise DataError("head training: give both dev_features and dev_labels, or neither")
-    selection = options.selection_options()
-    if selection.active and job.dev_features is None and options.selection:
-        raise ConfigError(f"head training: selection.criterion={selection.criterion!r} needs dev rows "
-                          "(dev_features, dev_labels)")
+    x_all, y_all, g_all, classes_all, num_classes, selection = _checked_inputs(
+        job.train_features, job.train_labels, job.train_groups, job.train_classes, objective, job.dev_features,
+        job.dev_labels, options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         generator = torch.Generator().manual_seed(options.seed)

@@ -343,14 +343,8 @@ def train_head(
     device = torch.device(options.device)
     started = time.perf_counter()
 
-    x_all, y_all, g_all, classes_all, num_classes = _training_arrays(
-        train_features, train_labels, train_groups, train_classes, objective.group_spec.num_groups)
-    if (dev_features is None) != (dev_labels is None):
-        raise DataError("head training: give both dev_features and dev_labels, or neither")
-    selection = options.selection_options()
-    if selection.active and dev_features is None and options.selection:
-        raise ConfigError(f"head training: selection.criterion={selection.criterion!r} needs dev rows "
-                          "(dev_features, dev_labels)")
+    x_all, y_all, g_all, classes_all, num_classes, selection = _checked_inputs(
+        train_features, train_labels, train_groups, train_classes, objective, dev_features, dev_labels, options)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
@@ -401,6 +395,21 @@ def _training_arrays(train_features: Any, train_labels: Any, train_groups: Any, 
         raise DataError(f"head training: train_classes has shape {classes_all.shape}; expected ({n_all},)")
     num_classes = int(y_all.shape[1]) if y_all.ndim == 2 else int(max(int(y_all.max()) + 1, 2))
     return x_all, y_all, g_all, classes_all, num_classes
+
+
+def _checked_inputs(train_features: Any, train_labels: Any, train_groups: Any, train_classes: Any,
+                    objective: Objective, dev_features: Any, dev_labels: Any, options: HeadTrainingOptions):
+    """:func:`_training_arrays` and the selection rule in force, the dev rows checked against it
+    (both or neither given; a fairness-aware rule needs them)."""
+    arrays = _training_arrays(train_features, train_labels, train_groups, train_classes,
+                              objective.group_spec.num_groups)
+    if (dev_features is None) != (dev_labels is None):
+        raise DataError("head training: give both dev_features and dev_labels, or neither")
+    selection = options.selection_options()
+    if selection.active and dev_features is None and options.selection:
+        raise ConfigError(f"head training: selection.criterion={selection.criterion!r} needs dev rows "
+                          "(dev_features, dev_labels)")
+    return (*arrays, selection)
 
 
 def _training_rows(options: HeadTrainingOptions, classes_all: np.ndarray, g_all: torch.Tensor) -> tuple[Any, np.ndarray]:
